@@ -1,0 +1,232 @@
+"""SimSiam as a `keras.Model` with its own `train_step` (paper Sec. 3, Algorithm 1).
+
+The maths (forward pass, loss, metrics) is backend-neutral `keras.ops`; only the gradient step
+differs per backend, in the three short `_*_train_step` methods below, mirroring
+`keras/src/backend/{tensorflow,jax,torch}/trainer.py`.
+
+Data: `fit` takes elements whose x is the pair of views, e.g. a tf.data dataset of
+`((x1, x2),)`, of `((x1, x2), labels)` (labels ignored) or of `{"x1": x1, "x2": x2}`, or NumPy
+arrays as `model.fit((x1, x2), batch_size=...)`. A plain `(x1, x2)` element would be read by
+Keras as `(x, y)` (KERAS_NOTES trap 7).
+"""
+
+import keras
+from keras import ops
+
+from simsiam_keras import backbones, heads, losses
+
+
+def _unpack_views(data):
+    x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+    if isinstance(x, dict):
+        return x["x1"], x["x2"]
+    if isinstance(x, (tuple, list)) and len(x) == 2:
+        return x[0], x[1]
+    raise ValueError(
+        "SimSiam expects each element's x to be the two views: ((x1, x2),), ((x1, x2), y) or "
+        f"{{'x1': x1, 'x2': x2}}. Received x of type {type(x).__name__}"
+    )
+
+
+@keras.saving.register_keras_serializable(package="simsiam_keras")
+class SimSiam(keras.Model):
+    """SimSiam: encoder f = projector(backbone(x)), predictor h, stop-gradient on the target.
+
+    The encoder runs on x1 and on x2 separately, as the official code does, so BatchNorm
+    statistics are per view. `train_step` minimises
+    L = 1/2 D(p1, stopgrad(z2)) + 1/2 D(p2, stopgrad(z1)) with D the negative cosine similarity,
+    and logs `loss`, `z_std` (the collapse signal of Sec. 4.1, about 1/sqrt(dim) when healthy)
+    and `lr`.
+
+    Args:
+        backbone: a `keras.Model` mapping images to pooled 2-D features `[N, C]`, e.g.
+            `simsiam_keras.build_resnet("resnet50")`. Reachable as `model.backbone`.
+        dim: projector output width (paper: 2048).
+        pred_dim: predictor bottleneck width (paper: 512).
+        projector_layers: 3 (ImageNet, App. A) or 2 (CIFAR variant, App. D).
+        stop_gradient: False removes the stop-gradient: the collapse ablation of Fig. 2.
+        synchronized_bn: SyncBN in the heads across replicas (TensorFlow backend only; the
+            backbone's BN is set when it is built).
+        **kwargs: `keras.Model` arguments such as `name`.
+
+    Example:
+        >>> backbone = build_resnet("resnet18_cifar", image_size=32)
+        >>> model = SimSiam(backbone, dim=2048, pred_dim=512, projector_layers=2)
+        >>> model.compile(optimizer=simsiam_optimizer(base_lr=0.03, batch_size=512,
+        ...                                          epochs=800, steps_per_epoch=97))
+        >>> model.fit(two_view_dataset, epochs=800)
+
+    Reference:
+        Chen & He, "Exploring Simple Siamese Representation Learning", CVPR 2021.
+    """
+
+    def __init__(
+        self,
+        backbone,
+        dim=2048,
+        pred_dim=512,
+        projector_layers=3,
+        stop_gradient=True,
+        synchronized_bn=False,
+        **kwargs,
+    ):
+        if not isinstance(backbone, keras.Model):
+            raise ValueError(
+                "`backbone` must be a keras.Model mapping images to [N, C] features. "
+                f"Received: backbone={backbone!r}"
+            )
+        feature_dim = backbones.feature_dim(backbone)
+        super().__init__(**kwargs)
+        # Layers.
+        self.backbone = backbone
+        self.projector = heads.build_projector(feature_dim, dim, projector_layers, synchronized_bn)
+        self.predictor = heads.build_predictor(dim, pred_dim, synchronized_bn)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.z_std_tracker = keras.metrics.Mean(name="z_std")
+        # Config.
+        self.dim = dim
+        self.pred_dim = pred_dim
+        self.projector_layers = projector_layers
+        self.stop_gradient = stop_gradient
+        self.synchronized_bn = synchronized_bn
+        # All variables exist now; `fit` must not try a symbolic build on the two-view input
+        # (KERAS_NOTES trap 15).
+        self.built = True
+
+    def call(self, inputs, training=False):
+        """Runs both branches.
+
+        Args:
+            inputs: the views `(x1, x2)`, each `[N, H, W, 3]`.
+            training: BatchNorm mode.
+
+        Returns:
+            A dict with `p1, p2` (predictions) and `z1, z2` (projections), each `[N, dim]`.
+        """
+        x1, x2 = inputs
+        z1 = self.projector(self.backbone(x1, training=training), training=training)
+        z2 = self.projector(self.backbone(x2, training=training), training=training)
+        p1 = self.predictor(z1, training=training)
+        p2 = self.predictor(z2, training=training)
+        return {"p1": p1, "p2": p2, "z1": z1, "z2": z2}
+
+    def compute_simsiam_loss(self, outputs):
+        """The symmetric loss of `call`'s outputs, with `ops.stop_gradient` on z (Eq. 4)."""
+        return losses.simsiam_loss(
+            outputs["p1"], outputs["p2"], outputs["z1"], outputs["z2"], self.stop_gradient
+        )
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.z_std_tracker]
+
+    def _update_metrics(self, loss, z1, lr=None):
+        self.loss_tracker.update_state(loss)
+        self.z_std_tracker.update_state(losses.output_std(z1))
+        logs = {m.name: m.result() for m in self.metrics}
+        if lr is not None:
+            logs["lr"] = ops.convert_to_tensor(lr, "float32")
+        return logs
+
+    def train_step(self, *args):
+        """One SGD step on a batch of view pairs; dispatches to the backend's gradient step."""
+        backend = keras.backend.backend()
+        if backend == "jax":
+            return self._jax_train_step(*args)
+        if backend == "torch":
+            return self._torch_train_step(*args)
+        return self._tf_train_step(*args)
+
+    def _tf_train_step(self, data):
+        import tensorflow as tf
+
+        x1, x2 = _unpack_views(data)
+        lr = self.optimizer.learning_rate
+        with tf.GradientTape() as tape:
+            outputs = self((x1, x2), training=True)
+            loss = self.compute_simsiam_loss(outputs)
+            # Gradients are summed over replicas, so each replica's mean is divided by their
+            # number (KERAS_NOTES trap 1).
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = self.optimizer.scale_loss(loss / replicas)
+        grads = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        return self._update_metrics(loss, outputs["z1"], lr)
+
+    def _torch_train_step(self, data):
+        import torch
+
+        x1, x2 = _unpack_views(data)
+        lr = self.optimizer.learning_rate
+        self.zero_grad()
+        outputs = self((x1, x2), training=True)
+        loss = self.compute_simsiam_loss(outputs)
+        self.optimizer.scale_loss(loss).backward()
+        grads = [v.value.grad for v in self.trainable_variables]
+        with torch.no_grad():
+            self.optimizer.apply(grads, self.trainable_variables)
+        return self._update_metrics(ops.stop_gradient(loss), ops.stop_gradient(outputs["z1"]), lr)
+
+    def _jax_train_step(self, state, data):
+        import jax
+
+        trainable, non_trainable, optimizer_vars, metrics_vars = state
+        x1, x2 = _unpack_views(data)
+        optimizer_mapping = list(zip(self.optimizer.variables, optimizer_vars))
+
+        def loss_fn(trainable, non_trainable):
+            outputs, non_trainable = self.stateless_call(
+                trainable, non_trainable, (x1, x2), training=True
+            )
+            loss = self.compute_simsiam_loss(outputs)
+            with keras.StatelessScope(state_mapping=optimizer_mapping):
+                scaled = self.optimizer.scale_loss(loss)
+            return scaled, (loss, outputs["z1"], non_trainable)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (_, (loss, z1, non_trainable)), grads = grad_fn(trainable, non_trainable)
+        with keras.StatelessScope(state_mapping=optimizer_mapping):
+            lr = self.optimizer.learning_rate
+        trainable, optimizer_vars = self.optimizer.stateless_apply(optimizer_vars, grads, trainable)
+        with keras.StatelessScope(
+            state_mapping=list(zip(self.metrics_variables, metrics_vars))
+        ) as scope:
+            logs = self._update_metrics(loss, z1, lr)
+        metrics_vars = [scope.get_current_value(v) for v in self.metrics_variables]
+        return logs, (trainable, non_trainable, optimizer_vars, metrics_vars)
+
+    def test_step(self, *args):
+        """Loss and z_std of a batch of view pairs with BatchNorm in inference mode."""
+        if keras.backend.backend() != "jax":
+            outputs = self(_unpack_views(args[0]), training=False)
+            return self._update_metrics(self.compute_simsiam_loss(outputs), outputs["z1"])
+        (trainable, non_trainable, metrics_vars), data = args
+        outputs, non_trainable = self.stateless_call(
+            trainable, non_trainable, _unpack_views(data), training=False
+        )
+        with keras.StatelessScope(
+            state_mapping=list(zip(self.metrics_variables, metrics_vars))
+        ) as scope:
+            logs = self._update_metrics(self.compute_simsiam_loss(outputs), outputs["z1"])
+        metrics_vars = [scope.get_current_value(v) for v in self.metrics_variables]
+        return logs, (trainable, non_trainable, metrics_vars)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "backbone": keras.saving.serialize_keras_object(self.backbone),
+                "dim": self.dim,
+                "pred_dim": self.pred_dim,
+                "projector_layers": self.projector_layers,
+                "stop_gradient": self.stop_gradient,
+                "synchronized_bn": self.synchronized_bn,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
