@@ -37,6 +37,7 @@ def negative_cosine_similarity(p, z, stop_gradient=True):
     Returns:
         A float32 scalar in [-1, 1].
     """
+    z = ops.convert_to_tensor(z)
     if stop_gradient:
         z = ops.stop_gradient(z)
     return -ops.mean(ops.sum(l2_normalize(p) * l2_normalize(z), axis=-1))

@@ -1,0 +1,19 @@
+"""Test set-up: the backend (TensorFlow unless KERAS_BACKEND says otherwise) and a TF blocker.
+
+With SIMSIAM_BLOCK_TF=1 (set by tests/test_backends.py for the JAX and PyTorch runs), importing
+TensorFlow fails, which proves that the model, losses, heads, backbones and optimiser need no
+TensorFlow: the accelerator machines have none.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+if os.environ.get("SIMSIAM_BLOCK_TF") == "1":
+    # A None entry makes `import tensorflow` raise ImportError and `importlib.util.find_spec`
+    # report it absent, exactly as on a machine without TensorFlow.
+    for _name in ("tensorflow", "tensorflow_datasets", "keras_cv"):
+        sys.modules[_name] = None
