@@ -186,7 +186,7 @@ class SimSiam(keras.Model):
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (_, (loss, z1, non_trainable)), grads = grad_fn(trainable, non_trainable)
         with keras.StatelessScope(state_mapping=optimizer_mapping):
-            lr = self.optimizer.learning_rate
+            lr = ops.convert_to_tensor(self.optimizer.learning_rate)  # a Variable when constant
         trainable, optimizer_vars = self.optimizer.stateless_apply(optimizer_vars, grads, trainable)
         with keras.StatelessScope(
             state_mapping=list(zip(self.metrics_variables, metrics_vars))
