@@ -18,8 +18,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_multibackend_suite(backend):
     pytest.importorskip(backend)
     env = dict(os.environ, KERAS_BACKEND=backend, SIMSIAM_BLOCK_TF="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "multibackend", "-p", "no:cacheprovider",
-           "-W", "ignore::DeprecationWarning", os.path.join(ROOT, "tests")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-m",
+        "multibackend",
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "ignore::DeprecationWarning",
+        os.path.join(ROOT, "tests"),
+    ]
     result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
     assert " passed" in result.stdout.splitlines()[-1], result.stdout[-2000:]

@@ -33,9 +33,7 @@ def test_one_fit_step_changes_weights_and_logs_metrics():
     history = model.fit((x1, x2), batch_size=8, epochs=1, verbose=0)
     after = _weights(model)
     unchanged = [
-        v.path
-        for v, a, b in zip(model.trainable_variables, before, after)
-        if np.array_equal(a, b)
+        v.path for v, a, b in zip(model.trainable_variables, before, after) if np.array_equal(a, b)
     ]
     # With zero-init residual gammas no gradient reaches a block's first BN on step one, and
     # weight decay does not move a zero beta; every other weight moves.

@@ -15,7 +15,9 @@ def test_schedule_is_per_epoch_cosine_as_official_code():
     for step in range(12):
         epoch = step // 3
         expected = 0.1 * 0.5 * (1 + math.cos(math.pi * epoch / 4))
-        assert float(keras.ops.convert_to_numpy(schedule(step))) == pytest.approx(expected, rel=1e-6)
+        assert float(keras.ops.convert_to_numpy(schedule(step))) == pytest.approx(
+            expected, rel=1e-6
+        )
 
 
 def test_schedule_warmup_is_linear_then_cosine():
@@ -50,15 +52,20 @@ def test_sgd_matches_torch_sgd_across_lr_changes_with_fixed_predictor_lr():
         # As the official adjust_learning_rate: the predictor group keeps the initial lr.
         for group in ref.param_groups:
             epoch = step // 2
-            group["lr"] = 0.5 if "fix_lr" in group else 0.5 * 0.5 * (1 + math.cos(math.pi * epoch / 3))
+            group["lr"] = (
+                0.5 if "fix_lr" in group else 0.5 * 0.5 * (1 + math.cos(math.pi * epoch / 3))
+            )
         for k, p in params.items():
             p.grad = torch.tensor(g[k])
         ref.step()
         opt.apply([g[v.path] for v in variables], variables)
         for v in variables:
             np.testing.assert_allclose(
-                keras.ops.convert_to_numpy(v), params[v.path].detach().numpy(), rtol=1e-5,
-                atol=1e-6, err_msg=f"{v.path} after step {step}",
+                keras.ops.convert_to_numpy(v),
+                params[v.path].detach().numpy(),
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=f"{v.path} after step {step}",
             )
 
 

@@ -48,4 +48,6 @@ def test_keras_model_matches_pytorch_in_train_mode():
         tensor, layout = torch_param_for(ref, v)
         expected = tensor.grad.numpy()
         scale = np.abs(expected).max() + 1e-12
-        np.testing.assert_allclose(layout(g), expected, rtol=1e-3, atol=1e-3 * scale, err_msg=v.path)
+        np.testing.assert_allclose(
+            layout(g), expected, rtol=1e-3, atol=1e-3 * scale, err_msg=v.path
+        )

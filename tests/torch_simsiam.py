@@ -69,11 +69,20 @@ class TorchSimSiamCifar(nn.Module):
 
 def official_loss(p1, p2, z1, z2):
     """The official criterion: -(cos(p1, z2).mean() + cos(p2, z1).mean()) * 0.5."""
-    return -(F.cosine_similarity(p1, z2, dim=1).mean() + F.cosine_similarity(p2, z1, dim=1).mean()) * 0.5
+    return (
+        -(F.cosine_similarity(p1, z2, dim=1).mean() + F.cosine_similarity(p2, z1, dim=1).mean())
+        * 0.5
+    )
 
 
-_KERAS_TO_TORCH = {"kernel": "weight", "gamma": "weight", "beta": "bias", "bias": "bias",
-                   "moving_mean": "running_mean", "moving_variance": "running_var"}
+_KERAS_TO_TORCH = {
+    "kernel": "weight",
+    "gamma": "weight",
+    "beta": "bias",
+    "bias": "bias",
+    "moving_mean": "running_mean",
+    "moving_variance": "running_var",
+}
 
 
 def torch_param_for(module, keras_variable):
