@@ -33,7 +33,7 @@ def grads_wrt_inputs(fn, *arrays):
 
 
 def model_loss_and_grads(model, inputs, loss_fn):
-    """(outputs, loss, grads of model.trainable_variables) of loss_fn(model(inputs, training=True))."""
+    """Outputs, loss and trainable-variable gradients of loss_fn(model(inputs, training=True))."""
     backend = keras.backend.backend()
     variables = model.trainable_variables
     if backend == "tensorflow":

@@ -6,7 +6,6 @@ re-standardises every channel in training mode and so hides a collapse there.
 
 import keras
 import numpy as np
-import pytest
 from sklearn.datasets import load_digits
 
 import simsiam_keras as sk

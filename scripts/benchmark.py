@@ -1,0 +1,95 @@
+r"""Speed benchmarks; the last printed line is one JSON object.
+
+  python scripts/benchmark.py step --backbone resnet18_cifar --image_size 32 --batch_size 128
+
+`step`: image pairs per second through `SimSiam.train_step` on random inputs, timed per batch
+inside one `fit` call after a warm-up (KERAS_NOTES trap 18: the first steps trace/compile), the
+median over the timed steps. Works on any backend (KERAS_BACKEND). Compare side by side with
+`../shared/bench/torch_reference.py step` on the same machine, never with a bare time.
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("backbone", "resnet18_cifar", ["resnet18_cifar", "resnet18", "resnet50"],
+                  "Backbone architecture.")
+flags.DEFINE_integer("image_size", 32, "Input height and width.", lower_bound=8)
+flags.DEFINE_integer("batch_size", 128, "Batch size (pairs of views).", lower_bound=1)
+flags.DEFINE_float("width", 1.0, "Channel width multiplier.", lower_bound=0.01)
+flags.DEFINE_integer("dim", 2048, "Projector output width.", lower_bound=1)
+flags.DEFINE_integer("pred_dim", 512, "Predictor bottleneck width.", lower_bound=1)
+flags.DEFINE_integer("steps", 10, "Timed steps.", lower_bound=1)
+flags.DEFINE_integer("warmup", 3, "Untimed warm-up steps.", lower_bound=1)
+
+
+def benchmark_step():
+    import keras
+    import numpy as np
+
+    import simsiam_keras as sk
+
+    class RandomViews(keras.utils.PyDataset):
+        def __init__(self, x1, x2, length):
+            super().__init__()
+            self.x1, self.x2, self.length = x1, x2, length
+
+        def __len__(self):
+            return self.length
+
+        def __getitem__(self, index):
+            return ((self.x1, self.x2),)
+
+    class StepTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            keras.ops.convert_to_numpy(logs["loss"])  # wait for the step to finish
+            self.times.append(time.perf_counter() - self.start)
+
+    keras.utils.set_random_seed(0)
+    size, batch = FLAGS.image_size, FLAGS.batch_size
+    backbone = sk.build_resnet(FLAGS.backbone, width=FLAGS.width, image_size=size)
+    layers = 2 if FLAGS.backbone == "resnet18_cifar" else 3
+    model = sk.SimSiam(backbone, dim=FLAGS.dim, pred_dim=FLAGS.pred_dim, projector_layers=layers)
+    steps = FLAGS.warmup + FLAGS.steps
+    model.compile(optimizer=sk.simsiam_optimizer(batch_size=batch, epochs=1, steps_per_epoch=steps))
+    rng = np.random.default_rng(0)
+    x1, x2 = (rng.normal(size=(batch, size, size, 3)).astype("float32") for _ in range(2))
+    timer = StepTimer()
+    model.fit(RandomViews(x1, x2, steps), epochs=1, verbose=0, callbacks=[timer])
+    median = statistics.median(timer.times[FLAGS.warmup :])
+    return {
+        "what": "keras_step",
+        "backend": keras.backend.backend(),
+        "backbone": FLAGS.backbone,
+        "width": FLAGS.width,
+        "image_size": size,
+        "batch_size": batch,
+        "steps": FLAGS.steps,
+        "median_step_s": median,
+        "pairs_per_s": batch / median,
+    }
+
+
+def main(argv):
+    commands = {"step": benchmark_step}
+    if len(argv) != 2 or argv[1] not in commands:
+        raise app.UsageError(f"Usage: benchmark.py {{{'|'.join(commands)}}} [--flags]")
+    print(json.dumps(commands[argv[1]]()))
+
+
+if __name__ == "__main__":
+    app.run(main)
