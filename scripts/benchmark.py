@@ -19,8 +19,12 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("backbone", "resnet18_cifar", ["resnet18_cifar", "resnet18", "resnet50"],
-                  "Backbone architecture.")
+flags.DEFINE_enum(
+    "backbone",
+    "resnet18_cifar",
+    ["resnet18_cifar", "resnet18", "resnet50"],
+    "Backbone architecture.",
+)
 flags.DEFINE_integer("image_size", 32, "Input height and width.", lower_bound=8)
 flags.DEFINE_integer("batch_size", 128, "Batch size (pairs of views).", lower_bound=1)
 flags.DEFINE_float("width", 1.0, "Channel width multiplier.", lower_bound=0.01)
