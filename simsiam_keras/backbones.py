@@ -38,14 +38,7 @@ def _conv(filters, kernel_size, stride, name):
     return apply
 
 
-def _bn(name, zero_gamma=False, synchronized=False):
-    return keras.layers.BatchNormalization(
-        momentum=heads.BN_MOMENTUM,
-        epsilon=heads.BN_EPSILON,
-        gamma_initializer="zeros" if zero_gamma else "ones",
-        synchronized=synchronized,
-        name=name,
-    )
+_bn = heads.batch_norm
 
 
 def _shortcut(x, filters, stride, name, sync):

@@ -28,12 +28,14 @@ def _dense(units, fan_in, use_bias, name):
     )
 
 
-def _bn(name, affine=True, synchronized=False):
+def batch_norm(name, affine=True, zero_gamma=False, synchronized=False):
+    """BatchNormalization with PyTorch's momentum and epsilon (used by heads and backbones)."""
     return keras.layers.BatchNormalization(
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
         center=affine,
         scale=affine,
+        gamma_initializer="zeros" if zero_gamma else "ones",
         synchronized=synchronized,
         name=name,
     )
@@ -62,11 +64,11 @@ def build_projector(in_dim, dim=2048, num_layers=3, synchronized_bn=False, name=
     x = inputs
     for i in range(1, num_layers):
         x = _dense(in_dim, in_dim, False, f"{name}_dense_{i}")(x)
-        x = _bn(f"{name}_bn_{i}", synchronized=synchronized_bn)(x)
+        x = batch_norm(f"{name}_bn_{i}", synchronized=synchronized_bn)(x)
         x = keras.layers.ReLU(name=f"{name}_relu_{i}")(x)
     x = _dense(dim, in_dim, False, f"{name}_dense_{num_layers}")(x)
     # Paper App. A: "BN is applied to its output fc layer" with no learnable affine.
-    x = _bn(f"{name}_bn_{num_layers}", affine=False, synchronized=synchronized_bn)(x)
+    x = batch_norm(f"{name}_bn_{num_layers}", affine=False, synchronized=synchronized_bn)(x)
     return keras.Model(inputs, x, name=name)
 
 
@@ -88,7 +90,7 @@ def build_predictor(dim=2048, pred_dim=512, synchronized_bn=False, name="predict
     _check_positive(dim=dim, pred_dim=pred_dim)
     inputs = keras.Input((dim,), name=f"{name}_input")
     x = _dense(pred_dim, dim, False, f"{name}_dense_1")(inputs)
-    x = _bn(f"{name}_bn_1", synchronized=synchronized_bn)(x)
+    x = batch_norm(f"{name}_bn_1", synchronized=synchronized_bn)(x)
     x = keras.layers.ReLU(name=f"{name}_relu_1")(x)
     x = _dense(dim, pred_dim, True, f"{name}_dense_2")(x)
     return keras.Model(inputs, x, name=name)
