@@ -35,14 +35,6 @@ class Source:
     skipped: list = dataclasses.field(default_factory=list)
 
 
-def _to_float_rgb(image):
-    image = tf.image.convert_image_dtype(image, tf.float32)  # uint8 and uint16 -> [0, 1]
-    channels = tf.shape(image)[-1]
-    image = tf.cond(channels == 1, lambda: tf.tile(image, [1, 1, 3]), lambda: image[..., :3])
-    image.set_shape([None, None, 3])
-    return image
-
-
 def embedded_digits(split="train", image_size=32):
     """scikit-learn's 8x8 handwritten digits (1,797 real images, shipped with the package).
 
@@ -105,11 +97,12 @@ def list_image_folder(path, labeled=False):
     for root, _, names in sorted(os.walk(path)):
         for name in sorted(names):
             full = os.path.join(root, name)
-            if not name.lower().endswith(IMAGE_EXTENSIONS) and _sniff(full) is None:
-                continue  # not an image by name or content: ignored silently (e.g. README.txt)
-            if _sniff(full) is None:
-                skipped.append(full)
-                continue
+            kind = _sniff(full)
+            if kind is None:
+                if name.lower().endswith(IMAGE_EXTENSIONS):
+                    skipped.append(full)  # named like an image but is not one
+                continue  # neither by name nor content an image (e.g. README.txt): ignored
+
             rel = os.path.relpath(root, path)
             if labeled and rel == ".":
                 continue  # loose files beside the class folders have no label
