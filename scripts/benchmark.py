@@ -1,11 +1,17 @@
 r"""Speed benchmarks; the last printed line is one JSON object.
 
   python scripts/benchmark.py step --backbone resnet18_cifar --image_size 32 --batch_size 128
+  python scripts/benchmark.py pipeline --train_dir DIR --image_size 224 --batch_size 64
 
 `step`: image pairs per second through `SimSiam.train_step` on random inputs, timed per batch
 inside one `fit` call after a warm-up (KERAS_NOTES trap 18: the first steps trace/compile), the
 median over the timed steps. Works on any backend (KERAS_BACKEND). Compare side by side with
 `../shared/bench/torch_reference.py step` on the same machine, never with a bare time.
+
+`pipeline`: two-view image pairs per second out of `data.two_view_dataset` (decode, both views'
+augmentation, batching) from an image folder (`--train_dir`) or the embedded digits, after
+`--warmup` batches. Compare with `torch_reference.py pipeline` on the same folder, batch size and
+cores (`--blur=false` for the CIFAR variant, as its `--no-blur`).
 """
 
 import json
@@ -31,7 +37,12 @@ flags.DEFINE_float("width", 1.0, "Channel width multiplier.", lower_bound=0.01)
 flags.DEFINE_integer("dim", 2048, "Projector output width.", lower_bound=1)
 flags.DEFINE_integer("pred_dim", 512, "Predictor bottleneck width.", lower_bound=1)
 flags.DEFINE_integer("steps", 10, "Timed steps.", lower_bound=1)
-flags.DEFINE_integer("warmup", 3, "Untimed warm-up steps.", lower_bound=1)
+flags.DEFINE_integer("warmup", 3, "Untimed warm-up steps (batches for `pipeline`).", lower_bound=1)
+flags.DEFINE_string("train_dir", None, "`pipeline`: image folder (default: embedded digits).")
+flags.DEFINE_integer("batches", 20, "`pipeline`: timed batches.", lower_bound=1)
+flags.DEFINE_bool("blur", True, "`pipeline`: include the Gaussian blur (false: CIFAR variant).")
+flags.DEFINE_bool("fused", True, "`pipeline`: fuse the JPEG decode with the crop.")
+flags.DEFINE_enum("augment_on", "host", ["host", "device"], "`pipeline`: where views augment.")
 
 
 def benchmark_step():
@@ -88,8 +99,44 @@ def benchmark_step():
     }
 
 
+def benchmark_pipeline():
+    from simsiam_keras import data
+
+    if FLAGS.train_dir:
+        source = data.image_folder(FLAGS.train_dir)
+    else:
+        source = data.embedded_digits("train", FLAGS.image_size)
+    ds = data.two_view_dataset(
+        source,
+        FLAGS.batch_size,
+        FLAGS.image_size,
+        blur=FLAGS.blur,
+        repeat=True,
+        fused=FLAGS.fused,
+        augment_on=FLAGS.augment_on,
+    )
+    it = iter(ds)
+    for _ in range(FLAGS.warmup):
+        next(it)
+    start = time.perf_counter()
+    for _ in range(FLAGS.batches):
+        next(it)
+    seconds = time.perf_counter() - start
+    return {
+        "what": "keras_pipeline",
+        "source": source.name,
+        "image_size": FLAGS.image_size,
+        "batch_size": FLAGS.batch_size,
+        "blur": FLAGS.blur,
+        "fused": FLAGS.fused,
+        "augment_on": FLAGS.augment_on,
+        "cores": os.cpu_count(),
+        "pairs_per_s": FLAGS.batch_size * FLAGS.batches / seconds,
+    }
+
+
 def main(argv):
-    commands = {"step": benchmark_step}
+    commands = {"step": benchmark_step, "pipeline": benchmark_pipeline}
     if len(argv) != 2 or argv[1] not in commands:
         raise app.UsageError(f"Usage: benchmark.py {{{'|'.join(commands)}}} [--flags]")
     print(json.dumps(commands[argv[1]]()))

@@ -85,14 +85,30 @@ def sample_crop(height, width, seed, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)):
 
 
 def resize(image, size):
-    """Bilinear resize to `size` x `size` with antialiasing (torchvision's tensor default)."""
-    return tf.image.resize(image, (size, size), method="bilinear", antialias=True)
+    """Bilinear resize to `size` x `size` with antialiasing (as PIL's, used by torchvision).
+
+    Antialiasing only changes a downscale; an upscale on both axes takes the plain bilinear
+    kernel, which gives the same values (to 2e-7) about 2.5x faster here.
+    """
+    shape = tf.shape(image)
+
+    def antialiased():
+        return tf.image.resize(image, (size, size), method="bilinear", antialias=True)
+
+    def plain():
+        return tf.image.resize(image, (size, size), method="bilinear")
+
+    return tf.cond((shape[0] <= size) & (shape[1] <= size), plain, antialiased)
+
+
+def _luma(image):
+    """[H, W, 1] L = 0.299 R + 0.587 G + 0.114 B (a matmul: faster than a channel reduce)."""
+    return tf.tensordot(image, tf.constant(_GRAY_WEIGHTS, image.dtype)[:, None], 1)
 
 
 def grayscale(image):
     """L = 0.299 R + 0.587 G + 0.114 B, repeated on 3 channels (torchvision `Grayscale(3)`)."""
-    gray = tf.reduce_sum(image * tf.constant(_GRAY_WEIGHTS, image.dtype), axis=-1, keepdims=True)
-    return tf.tile(gray, [1, 1, 3])
+    return tf.tile(_luma(image), [1, 1, 3])
 
 
 def _blend(image, other, factor):
@@ -106,13 +122,14 @@ def adjust_brightness(image, factor):
 
 def adjust_contrast(image, factor):
     """torchvision: blend with the mean of the grayscale image."""
-    mean = tf.reduce_mean(grayscale(image)[..., 0])
+    # mean(L) = L(channel means): L is linear, and this reads the image once.
+    mean = tf.tensordot(tf.reduce_mean(image, [0, 1]), tf.constant(_GRAY_WEIGHTS, image.dtype), 1)
     return _blend(image, mean, factor)
 
 
 def adjust_saturation(image, factor):
     """torchvision: blend with the grayscale image."""
-    return _blend(image, grayscale(image), factor)
+    return _blend(image, _luma(image), factor)
 
 
 def adjust_hue(image, delta):
@@ -163,9 +180,15 @@ def gaussian_blur(image, sigma):
     return out[0]
 
 
+def hflip(image):
+    """Horizontal flip (`tf.reverse`: several times faster here than a ::-1 slice)."""
+    return tf.reverse(image, [1])
+
+
 def normalize(image, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """(image - mean) / std per channel."""
-    return (image - tf.constant(mean, image.dtype)) / tf.constant(std, image.dtype)
+    """(image - mean) / std per channel (as one multiply-add)."""
+    inv_std = 1.0 / tf.constant(std, image.dtype)
+    return image * inv_std - tf.constant(mean, image.dtype) * inv_std
 
 
 def _maybe(apply_p, seed, fn, image):
@@ -189,24 +212,38 @@ def simsiam_view(image, size, seed, blur=True, scale=(0.2, 1.0)):
     Returns:
         float32 [size, size, 3], normalised.
     """
+    crop_seed, rest_seed = tf.unstack(split_seed(seed, 2))
+    image = random_resized_crop(image, size, crop_seed, scale)
+    return augment_cropped(image, rest_seed, blur)
+
+
+def random_resized_crop(image, size, seed, scale=(0.2, 1.0)):
+    """Torchvision's `RandomResizedCrop(size, scale)` of a decoded float image."""
     image = tf.convert_to_tensor(image, tf.float32)
-    s_crop, s_jit_p, s_jit, s_gray, s_blur_p, s_sigma, s_flip = tf.unstack(split_seed(seed, 7))
     shape = tf.shape(image)
-    top, left, h, w = sample_crop(shape[0], shape[1], s_crop, scale)
-    image = resize(image[top : top + h, left : left + w], size)
-    return augment_cropped(image, (s_jit_p, s_jit, s_gray, s_blur_p, s_sigma, s_flip), blur)
+    top, left, h, w = sample_crop(shape[0], shape[1], seed, scale)
+    return resize(image[top : top + h, left : left + w], size)
 
 
-def augment_cropped(image, seeds, blur=True):
-    """The steps of `simsiam_view` after the crop (also used after a fused JPEG decode+crop)."""
-    s_jit_p, s_jit, s_gray, s_blur_p, s_sigma, s_flip = seeds
+def augment_cropped(image, seed, blur=True):
+    """The steps of `simsiam_view` after the crop (also used after a fused JPEG decode+crop).
+
+    Args:
+        image: float32 [size, size, 3] crop in [0, 1].
+        seed: stateless seed, shape [2].
+        blur: apply the Gaussian blur step.
+
+    Returns:
+        The normalised view.
+    """
+    s_jit_p, s_jit, s_gray, s_blur_p, s_sigma, s_flip = tf.unstack(split_seed(seed, 6))
     image = tf.clip_by_value(image, 0.0, 1.0)
     image = _maybe(0.8, s_jit_p, lambda x: color_jitter(x, s_jit), image)
     image = _maybe(0.2, s_gray, grayscale, image)
     if blur:
         sigma = _uniform(s_sigma, 0.1, 2.0)
         image = _maybe(0.5, s_blur_p, lambda x: gaussian_blur(x, sigma), image)
-    image = _maybe(0.5, s_flip, lambda x: x[:, ::-1], image)
+    image = _maybe(0.5, s_flip, hflip, image)
     return normalize(image)
 
 
@@ -227,3 +264,12 @@ def eval_view(image, size, resize_ratio=256 / 224):
     left = (new[1] - size) // 2
     image = tf.clip_by_value(image[top : top + size, left : left + size], 0.0, 1.0)
     return normalize(image)
+
+
+LINEAR_CROP_SCALE = (0.08, 1.0)  # torchvision's default, used by the linear-evaluation protocol
+
+
+def linear_cropped(image, seed):
+    """Linear-evaluation training view after its RandomResizedCrop: flip p=0.5, normalise."""
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    return normalize(_maybe(0.5, seed, hflip, image))

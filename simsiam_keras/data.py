@@ -1,7 +1,24 @@
-"""Sources (TFDS, image folders, an embedded offline dataset) -> two-view tf.data pipelines.
+"""Sources (TFDS, image folders, an embedded offline dataset) -> tf.data pipelines.
 
-Both views of an image come from one read, in one map (DESIGN.md: never zip two separately
-shuffled datasets). Elements are `((x1, x2),)`, the structure `SimSiam.fit` expects.
+A `Source` is a dataset of `(item, label)` where the item is a decoded image, encoded image
+bytes or a file path. Pipelines built from it:
+
+* `two_view_dataset`: `((x1, x2),)` batches for `SimSiam.fit`. Both views of an image come from
+  one read, in one map (DESIGN.md: never zip two separately shuffled datasets). JPEGs are decoded
+  with the crop fused into the decode (`tf.io.decode_and_crop_jpeg`: only the crop's blocks are
+  decoded; it differs from decode-then-crop only on the crop's border pixels, where libjpeg
+  upsamples chroma without the neighbouring block), other formats are decoded once and cropped
+  twice.
+* `labeled_dataset`: `(images, labels)` batches for kNN and linear evaluation (the evaluation
+  transform, or the linear protocol's training crop and flip).
+
+Decoding never crashes a run: every image becomes float32 RGB in [0, 1] (grayscale, palette,
+RGBA, CMYK and 16-bit files included); files that are not images or are truncated are found
+when the folder is listed, skipped and reported in one warning (`verify=True` also fully decodes
+each file first); anything that still fails to decode is dropped by `ignore_errors`.
+
+tf.data runs on TensorFlow whatever the Keras backend; JAX and PyTorch consume its NumPy
+batches (`model.fit` accepts a `tf.data.Dataset` on every backend).
 """
 
 import dataclasses
@@ -9,48 +26,64 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from simsiam_keras import augment
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 _MAGIC = {b"\xff\xd8\xff": "jpeg", b"\x89PNG": "png", b"BM": "bmp", b"GIF8": "gif"}
+# What a complete file ends with (searched in its last bytes; JPEGs may carry trailing padding).
+_TRAILER = {"jpeg": b"\xff\xd9", "png": b"IEND", "gif": b"\x3b"}
+_TAIL_BYTES = 1024
+EMBEDDED = "digits"
 
 
 @dataclasses.dataclass
 class Source:
-    """A dataset of encoded or decoded images, with optional labels.
+    """A dataset of images with labels.
 
     Attributes:
-        images: a `tf.data.Dataset` of float32 [H, W, 3] images in [0, 1].
-        labels: an int array of labels, or None for unlabelled data.
+        dataset: a `tf.data.Dataset` of `(item, label)`; label is -1 for unlabelled data.
+        kind: what an item is: "pixels" (float32 [H, W, 3] in [0, 1]), "encoded" (the bytes of
+            a JPEG/PNG/BMP/GIF file) or "path" (a file name).
         size: number of images.
         name: where the images come from (for messages).
-        skipped: files skipped as unreadable, with their names.
+        class_names: the label names (empty when unlabelled).
+        skipped: files skipped as unreadable.
     """
 
-    images: tf.data.Dataset
-    labels: np.ndarray | None
+    dataset: tf.data.Dataset
+    kind: str
     size: int
     name: str
+    class_names: list = dataclasses.field(default_factory=list)
     skipped: list = dataclasses.field(default_factory=list)
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    @property
+    def labeled(self):
+        return self.num_classes > 0
 
 
 def embedded_digits(split="train", image_size=32):
     """scikit-learn's 8x8 handwritten digits (1,797 real images, shipped with the package).
 
     Upsampled to `image_size` and repeated on 3 channels: an offline dataset for the quickstart
-    and the tests. The first 1,500 images are "train", the other 297 "test".
+    and the tests. The first 1,500 images are "train", the other 297 "test" (also "validation").
 
     Args:
-        split: "train" or "test".
+        split: "train", "test" or "validation".
         image_size: output height and width.
 
     Returns:
-        A labelled `Source`.
+        A labelled `Source` of pixels.
     """
     from sklearn.datasets import load_digits
 
-    if split not in ("train", "test"):
+    if split not in ("train", "test", "validation"):
         raise ValueError(f"`split` must be 'train' or 'test'. Received: split={split!r}")
     digits = load_digits()
     images, labels = digits.images / 16.0, digits.target
@@ -58,27 +91,61 @@ def embedded_digits(split="train", image_size=32):
     images = images[sl, :, :, None].astype("float32")
     resized = tf.image.resize(images, (image_size, image_size), method="bilinear").numpy()
     rgb = np.clip(np.repeat(resized, 3, axis=-1), 0.0, 1.0)
-    return Source(
-        tf.data.Dataset.from_tensor_slices(rgb),
-        labels[sl].astype("int64"),
-        len(rgb),
-        f"embedded digits ({split})",
-    )
+    dataset = tf.data.Dataset.from_tensor_slices((rgb, labels[sl].astype("int64")))
+    return Source(dataset, "pixels", len(rgb), f"embedded digits ({split})", list("0123456789"))
 
 
-def _sniff(path):
+def _check_file(path):
+    """The image kind of `path` if its header and trailer look complete, else None."""
     try:
         with open(path, "rb") as f:
             head = f.read(8)
+            kind = next((k for magic, k in _MAGIC.items() if head.startswith(magic)), None)
+            if kind is None or kind not in _TRAILER:
+                return kind
+            f.seek(max(0, os.path.getsize(path) - _TAIL_BYTES))
+            return kind if _TRAILER[kind] in f.read() else None
     except OSError:
         return None
-    return next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), None)
 
 
-def list_image_folder(path, labeled=False):
+def _decode(contents):
+    return tf.io.decode_image(contents, channels=3, dtype=tf.float32, expand_animations=False)
+
+
+def _undecodable(files):
+    """The files of `files` that TensorFlow cannot decode (a parallel full decode of each)."""
+    paths = tf.data.Dataset.from_tensor_slices(files)
+    ok = tf.data.Dataset.zip(tf.data.Dataset.range(len(files)), paths).map(
+        lambda i, p: (i, tf.shape(_decode(tf.io.read_file(p)))), tf.data.AUTOTUNE
+    )
+    good = {int(i) for i, _ in ok.ignore_errors().as_numpy_iterator()}
+    return [f for i, f in enumerate(files) if i not in good]
+
+
+def _warn_skipped(skipped, where):
+    if skipped:
+        names = ", ".join(os.path.basename(p) for p in skipped[:5])
+        more = ", ..." if len(skipped) > 5 else ""
+        logging.warning(
+            "Skipped %d unreadable file(s) in %s (not an image, truncated or corrupt): %s%s",
+            len(skipped),
+            where,
+            names,
+            more,
+        )
+
+
+def list_image_folder(path, labeled=False, verify=False):
     """Lists an image folder: flat (unlabelled) or `<class>/<file>` (labels from folder names).
 
-    Files whose first bytes are not an image are skipped and reported.
+    Files named like images whose first bytes are not an image, and JPEG/PNG/GIF files without
+    their end marker (truncated), are skipped; other files (README.txt) are ignored.
+
+    Args:
+        path: the folder.
+        labeled: labels are needed (evaluation): the folder must have class subfolders.
+        verify: also decode every file once and skip those that fail (costs a full pass).
 
     Returns:
         (files, labels or None, class names, skipped files)
@@ -94,23 +161,165 @@ def list_image_folder(path, labeled=False):
             f"Labels are needed but {path!r} has no class subfolders (expected <class>/<image>)."
         )
     files, labels, skipped = [], [], []
-    for root, _, names in sorted(os.walk(path)):
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        rel = os.path.relpath(root, path)
         for name in sorted(names):
             full = os.path.join(root, name)
-            kind = _sniff(full)
-            if kind is None:
+            if _check_file(full) is None:
                 if name.lower().endswith(IMAGE_EXTENSIONS):
-                    skipped.append(full)  # named like an image but is not one
-                continue  # neither by name nor content an image (e.g. README.txt): ignored
-
-            rel = os.path.relpath(root, path)
+                    skipped.append(full)  # named like an image but is not a complete one
+                continue
             if labeled and rel == ".":
                 continue  # loose files beside the class folders have no label
             files.append(full)
             labels.append(classes.index(rel.split(os.sep)[0]) if classes and rel != "." else -1)
+    if verify and files:
+        bad = set(_undecodable(files))
+        skipped += sorted(bad)
+        keep = [i for i, f in enumerate(files) if f not in bad]
+        files, labels = [files[i] for i in keep], [labels[i] for i in keep]
     if not files:
-        raise ValueError(f"No images (JPEG/PNG/BMP/GIF) found under {path!r}")
+        raise ValueError(f"No readable images (JPEG/PNG/BMP/GIF) found under {path!r}")
     return files, (np.array(labels, "int64") if labeled else None), classes, skipped
+
+
+def image_folder(path, labeled=False, verify=False):
+    """A `Source` of the image files under `path` (see `list_image_folder`).
+
+    Unreadable files are skipped and reported in one warning with their count and a few names.
+    """
+    files, labels, classes, skipped = list_image_folder(path, labeled, verify)
+    _warn_skipped(skipped, path)
+    if labels is None:
+        labels = np.full(len(files), -1, "int64")
+    dataset = tf.data.Dataset.from_tensor_slices((files, labels))
+    return Source(dataset, "path", len(files), path, classes if labeled else [], skipped)
+
+
+def tfds_source(name, split="train", data_dir=None, download=True):
+    """A TFDS dataset by name, its images left encoded (decoded with the crop, in the pipeline).
+
+    `imagenet2012` must first be prepared from the manual download as TFDS documents; datasets
+    that TFDS can download (cifar10) are downloaded when `download`. A "validation" split falls
+    back to "test" for datasets without one (cifar10).
+
+    Args:
+        name: a TFDS builder name, e.g. "cifar10" or "imagenet2012".
+        split: "train", "validation" or "test" (or any TFDS split string).
+        data_dir: the TFDS data directory (default: TFDS's).
+        download: download and prepare the dataset if it is not there.
+
+    Returns:
+        A labelled `Source` of encoded images.
+
+    Raises:
+        ValueError: an unknown name, a dataset without an image feature, or one not prepared.
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # DatasetNotFoundError, bad version strings, ...
+        raise ValueError(f"Unknown TFDS dataset {name!r}: {str(e).splitlines()[0]}") from None
+    features = builder.info.features
+    if "image" not in features:
+        raise ValueError(f"TFDS dataset {name!r} has no 'image' feature.")
+    splits = set(builder.info.splits)
+    if split == "validation" and "validation" not in splits and ("test" in splits or not splits):
+        split = "test"
+    if not builder.is_prepared():
+        if not download:
+            raise ValueError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r}.")
+        try:
+            builder.download_and_prepare()
+        except Exception as e:
+            raise ValueError(
+                f"Could not prepare TFDS dataset {name!r} in {builder.data_dir!r} (for "
+                f"imagenet2012, place the manual download as the TFDS docs say): {e}"
+            ) from None
+    dataset = builder.as_dataset(
+        split=split, shuffle_files=True, decoders={"image": tfds.decode.SkipDecoding()}
+    )
+    has_label = "label" in features
+    classes = list(features["label"].names) if has_label else []
+    dataset = dataset.map(
+        lambda ex: (ex["image"], ex["label"] if has_label else tf.constant(-1, tf.int64)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    size = int(dataset.cardinality())
+    if size < 0:
+        size = builder.info.splits[split].num_examples
+    return Source(dataset, "encoded", size, f"tfds:{name}/{split}", classes)
+
+
+def load_source(dataset=EMBEDDED, split="train", data_dir=None, image_dir=None, image_size=32):
+    """The source a script's flags name: an image folder, the embedded digits, or TFDS.
+
+    Args:
+        dataset: "digits" (embedded) or a TFDS name; ignored when `image_dir` is given.
+        split: "train" or "validation"/"test".
+        data_dir: the TFDS data directory.
+        image_dir: an image folder (labels from class subfolders when there are any).
+        image_size: the embedded dataset's stored size.
+    """
+    if image_dir:
+        labeled = os.path.isdir(image_dir) and any(
+            os.path.isdir(os.path.join(image_dir, d)) for d in os.listdir(image_dir)
+        )
+        return image_folder(image_dir, labeled=labeled)
+    if dataset == EMBEDDED:
+        return embedded_digits("train" if split == "train" else "test", image_size)
+    return tfds_source(dataset, split, data_dir)
+
+
+def _crops(item, kind, seeds, size, scale, fused=True):
+    """[len(seeds), size, size, 3] random resized crops of one item, float32 in [0, 1]."""
+    if kind == "pixels":
+        return tf.stack([augment.random_resized_crop(item, size, s, scale) for s in seeds])
+    contents = tf.io.read_file(item) if kind == "path" else item
+
+    def decode_each_crop():  # JPEG: only the crop window is decoded (IDCT), once per view
+        height, width = tf.unstack(tf.io.extract_jpeg_shape(contents)[:2])
+        out = []
+        for s in seeds:
+            window = tf.stack(augment.sample_crop(height, width, s, scale))
+            crop = tf.io.decode_and_crop_jpeg(contents, window, channels=3)
+            out.append(augment.resize(tf.cast(crop, tf.float32), size) / 255.0)
+        return tf.stack(out)
+
+    def decode_once():
+        image = _decode(contents)
+        return tf.stack([augment.random_resized_crop(image, size, s, scale) for s in seeds])
+
+    if not fused:
+        return decode_once()
+    return tf.cond(tf.io.is_jpeg(contents), decode_each_crop, decode_once)
+
+
+def _full_image(item, kind):
+    if kind == "pixels":
+        return tf.convert_to_tensor(item, tf.float32)
+    return _decode(tf.io.read_file(item) if kind == "path" else item)
+
+
+def _prepare(source, seed, shuffle, input_context, repeat):
+    ds = source.dataset
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if shuffle:
+        ds = ds.shuffle(min(source.size, 10_000), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    # Position in the (shuffled) stream: the per-image seed, new views every epoch.
+    return tf.data.Dataset.zip(tf.data.Dataset.counter(), ds)
+
+
+def _check_batch(batch_size):
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(
+            f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}"
+        )
 
 
 def two_view_dataset(
@@ -123,6 +332,8 @@ def two_view_dataset(
     deterministic=False,
     input_context=None,
     repeat=False,
+    augment_on="host",
+    fused=True,
 ):
     """Batches of `((x1, x2),)`: two independently augmented views of each image of `source`.
 
@@ -140,29 +351,79 @@ def two_view_dataset(
         deterministic: keep the element order fixed despite parallel maps.
         input_context: a `tf.distribute.InputContext`; each worker reads its own shard.
         repeat: repeat indefinitely.
+        augment_on: "host" (the whole recipe here, in tf.data) or "device" (only decode, crop
+            and resize here; views in [0, 1] for `augment_device.ViewAugment` in the step).
+        fused: decode JPEGs with the crop fused into the decode.
 
     Returns:
         A `tf.data.Dataset`.
     """
-    if not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(
-            f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}"
-        )
-    ds = source.images
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    if shuffle:
-        ds = ds.shuffle(min(source.size, 10_000), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = tf.data.Dataset.zip(tf.data.Dataset.counter(), ds)
+    _check_batch(batch_size)
+    if augment_on not in ("host", "device"):
+        raise ValueError(f"`augment_on` must be 'host' or 'device'. Received: {augment_on!r}")
+    ds = _prepare(source, seed, shuffle, input_context, repeat)
 
-    def two_views(index, image):
-        s1, s2 = tf.unstack(augment.split_seed(tf.stack([tf.cast(seed, tf.int64), index]), 2))
-        v1 = augment.simsiam_view(image, image_size, s1, blur=blur)
-        v2 = augment.simsiam_view(image, image_size, s2, blur=blur)
-        return v1, v2
+    def two_views(index, element):
+        item, _ = element
+        seeds = augment.split_seed(tf.stack([tf.cast(seed, tf.int64), index]), 4)
+        crops = _crops(item, source.kind, [seeds[0], seeds[1]], image_size, (0.2, 1.0), fused)
+        if augment_on == "device":
+            return crops[0], crops[1]
+        return (
+            augment.augment_cropped(crops[0], seeds[2], blur),
+            augment.augment_cropped(crops[1], seeds[3], blur),
+        )
 
     ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.ignore_errors()  # a file that passed the listing checks but fails to decode
     ds = ds.batch(batch_size, drop_remainder=True).map(lambda v1, v2: ((v1, v2),))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def labeled_dataset(
+    source,
+    batch_size,
+    image_size,
+    train=False,
+    seed=0,
+    shuffle=None,
+    drop_remainder=None,
+    deterministic=False,
+    input_context=None,
+    repeat=False,
+    require_labels=True,
+):
+    """Batches of `(images, labels)` for evaluation.
+
+    `train=False`: the evaluation transform (resize to image_size * 256/224, centre crop), in
+    order, every image once. `train=True`: the linear protocol's training view,
+    RandomResizedCrop(scale 0.08-1) + horizontal flip, shuffled, last partial batch dropped.
+
+    `require_labels=False` accepts unlabelled sources (labels -1).
+
+    Raises:
+        ValueError: the source has no labels.
+    """
+    _check_batch(batch_size)
+    if require_labels and not source.labeled:
+        raise ValueError(
+            f"{source.name} has no labels; evaluation needs them (an image folder needs "
+            "<class>/<image> subfolders)."
+        )
+    shuffle = train if shuffle is None else shuffle
+    drop_remainder = train if drop_remainder is None else drop_remainder
+    ds = _prepare(source, seed, shuffle, input_context, repeat)
+
+    def view(index, element):
+        item, label = element
+        if not train:
+            return augment.eval_view(_full_image(item, source.kind), image_size), label
+        s_crop, s_flip = tf.unstack(
+            augment.split_seed(tf.stack([tf.cast(seed, tf.int64), index]), 2)
+        )
+        crop = _crops(item, source.kind, [s_crop], image_size, augment.LINEAR_CROP_SCALE)[0]
+        return augment.linear_cropped(crop, s_flip), label
+
+    ds = ds.map(view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.ignore_errors().batch(batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)

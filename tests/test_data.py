@@ -1,51 +1,207 @@
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import logging
 from PIL import Image
 
-from simsiam_keras import data
+from simsiam_keras import augment, data
+
+
+def _take(ds):
+    ((x1, x2),) = next(iter(ds))
+    return x1.numpy(), x2.numpy()
 
 
 def test_embedded_digits_offline_two_views():
     source = data.embedded_digits("train", image_size=16)
-    assert source.size == 1500 and source.labels.shape == (1500,)
+    assert source.size == 1500 and source.num_classes == 10 and source.kind == "pixels"
     ds = data.two_view_dataset(
         source, batch_size=8, image_size=16, blur=False, seed=1, deterministic=True
     )
-    ((x1, x2),) = next(iter(ds))
-    assert x1.shape == (8, 16, 16, 3) and x1.dtype == tf.float32
-    assert not np.allclose(x1.numpy(), x2.numpy())
-    again = next(
-        iter(
-            data.two_view_dataset(
-                source, batch_size=8, image_size=16, blur=False, seed=1, deterministic=True
-            )
+    x1, x2 = _take(ds)
+    assert x1.shape == (8, 16, 16, 3) and x1.dtype == np.float32
+    # Normalised [0, 1] images: within [-mean/std, (1-mean)/std].
+    low = -np.array(augment.IMAGENET_MEAN) / augment.IMAGENET_STD
+    high = (1 - np.array(augment.IMAGENET_MEAN)) / augment.IMAGENET_STD
+    assert (x1 >= low - 1e-5).all() and (x1 <= high + 1e-5).all()
+    assert not np.allclose(x1, x2)  # two views differ
+    # Randomness per image: no two images of the batch share a crop (compare their views).
+    assert len({round(float(np.abs(v).sum()), 3) for v in x1}) == 8
+    again = _take(
+        data.two_view_dataset(
+            source, batch_size=8, image_size=16, blur=False, seed=1, deterministic=True
         )
     )
-    np.testing.assert_array_equal(x1.numpy(), again[0][0].numpy())
+    np.testing.assert_array_equal(x1, again[0])  # same seed, same views
+    other = _take(
+        data.two_view_dataset(
+            source, batch_size=8, image_size=16, blur=False, seed=2, deterministic=True
+        )
+    )
+    assert not np.allclose(x1, other[0])
     with pytest.raises(ValueError, match="split"):
-        data.embedded_digits("validation")
+        data.embedded_digits("unlabelled")
+
+
+def test_labeled_eval_dataset_keeps_order_and_labels():
+    source = data.embedded_digits("test", image_size=16)
+    images, labels = [], []
+    for x, y in data.labeled_dataset(source, batch_size=100, image_size=16, deterministic=True):
+        images.append(x.numpy())
+        labels.append(y.numpy())
+    labels = np.concatenate(labels)
+    assert len(labels) == 297  # every image once, last partial batch kept
+    from sklearn.datasets import load_digits
+
+    np.testing.assert_array_equal(labels, load_digits().target[1500:])
+    x, y = next(iter(data.labeled_dataset(source, batch_size=8, image_size=16, train=True)))
+    assert x.shape == (8, 16, 16, 3) and y.dtype == tf.int64
+
+
+def _save_corrupt_jpeg(path, reference):
+    """Intact markers (start, end) but a corrupt frame header: passes the listing check."""
+    raw = bytearray(open(reference, "rb").read())
+    sof = raw.index(b"\xff\xc0")
+    raw[sof + 5 : sof + 9] = b"\x00\x00\x00\x00"  # height = width = 0
+    open(path, "wb").write(bytes(raw))
+
+
+@pytest.fixture
+def bad_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = (rng.random((40, 52, 3)) * 255).astype("uint8")
+    good = {
+        "rgb.jpg": Image.fromarray(rgb),
+        "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
+        "gray.jpg": Image.fromarray(rgb).convert("L"),
+        "gray.png": Image.fromarray(rgb).convert("L"),
+        "rgba.png": Image.fromarray(rgb).convert("RGBA"),
+        "palette.png": Image.fromarray(rgb).convert("P"),
+        "deep16.png": Image.fromarray((rng.random((30, 20)) * 65535).astype("uint16")),
+        "tiny.png": Image.fromarray(rgb[:3, :2]),  # smaller than any crop
+        "large.bmp": Image.fromarray(rgb),
+        "anim.gif": Image.fromarray(rgb).convert("P"),
+    }
+    for name, image in good.items():
+        image.save(tmp_path / name)
+    jpeg = (tmp_path / "rgb.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    (tmp_path / "README.txt").write_text("ignored: not named or made like an image")
+    _save_corrupt_jpeg(tmp_path / "corrupt.jpg", tmp_path / "rgb.jpg")
+    return tmp_path, sorted(good)
+
+
+def test_image_folder_with_every_bad_file(bad_folder, monkeypatch):
+    path, good = bad_folder
+    warnings = []
+    monkeypatch.setattr(logging, "warning", lambda msg, *args: warnings.append(msg % args))
+    source = data.image_folder(str(path))
+    # Listing catches non-images and truncated files; one warning with the count and names.
+    assert len(warnings) == 1 and "Skipped 3" in warnings[0] and "truncated.jpg" in warnings[0]
+    assert sorted(os.path.basename(p) for p in source.skipped) == [
+        "empty.png",
+        "text.jpg",
+        "truncated.jpg",
+    ]
+    assert source.size == len(good) + 1  # + corrupt.jpg, whose markers look fine
+    # The run never crashes: the corrupt JPEG is dropped at decode time, the rest is RGB.
+    views = list(data.two_view_dataset(source, 1, 24, seed=0, deterministic=True))
+    assert len(views) == len(good)
+    for ((x1, _),) in views:
+        assert x1.shape == (1, 24, 24, 3) and np.isfinite(x1.numpy()).all()
+    images = list(data.labeled_dataset(source, 1, 24, deterministic=True, require_labels=False))
+    assert len(images) == len(good)
+    # `verify` decodes every file and also reports the corrupt one.
+    warnings.clear()
+    verified = data.image_folder(str(path), verify=True)
+    assert verified.size == len(good) and "Skipped 4" in warnings[0]
+    assert "corrupt.jpg" in " ".join(verified.skipped)
+
+
+def test_decoded_formats_become_rgb_in_unit_range(bad_folder):
+    path, _ = bad_folder
+    for name, mode in [("cmyk.jpg", "CMYK"), ("deep16.png", "I;16"), ("rgba.png", "RGBA")]:
+        contents = tf.io.read_file(str(path / name))
+        image = data._decode(contents).numpy()
+        expected = np.asarray(Image.open(path / name).convert("RGB"), "float32") / 255.0
+        assert image.shape[-1] == 3 and 0.0 <= image.min() and image.max() <= 1.0, name
+        if mode != "I;16":  # PIL clips 16-bit to 8-bit on convert; TF rescales: check range only
+            np.testing.assert_allclose(image, expected, atol=2 / 255, err_msg=name)
+
+
+def test_fused_jpeg_crop_equals_decode_then_crop(bad_folder):
+    path, _ = bad_folder
+    contents = tf.io.read_file(str(path / "rgb.jpg"))
+    seeds = [tf.constant([3, 4], tf.int64), tf.constant([5, 6], tf.int64)]
+    fused = data._crops(contents, "encoded", seeds, 24, (0.2, 1.0), fused=True)
+    plain = data._crops(contents, "encoded", seeds, 24, (0.2, 1.0), fused=False)
+    # Equal but at the crop's border, where libjpeg upsamples chroma without the neighbour
+    # block the full decode has: a few border columns/rows differ a little.
+    diff = np.abs(fused.numpy() - plain.numpy())
+    assert (diff < 1e-5).mean() > 0.95 and diff.mean() < 2e-3
 
 
 def test_image_folder_listing_and_errors(tmp_path):
     with pytest.raises(ValueError, match="not found"):
-        data.list_image_folder(str(tmp_path / "missing"))
-    with pytest.raises(ValueError, match="No images"):
-        data.list_image_folder(str(tmp_path))
+        data.image_folder(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="No readable images"):
+        data.image_folder(str(tmp_path))
     for cls in ("cat", "dog"):
         (tmp_path / cls).mkdir()
         Image.fromarray(np.zeros((9, 7, 3), "uint8")).save(tmp_path / cls / "a.png")
-    (tmp_path / "dog" / "fake.jpg").write_bytes(b"not an image")
-    (tmp_path / "notes.txt").write_text("ignored")
-    files, labels, classes, skipped = data.list_image_folder(str(tmp_path), labeled=True)
-    assert classes == ["cat", "dog"] and list(labels) == [0, 1] and len(files) == 2
-    assert [p.endswith("fake.jpg") for p in skipped] == [True]
+    (tmp_path / "loose.png").write_bytes((tmp_path / "cat" / "a.png").read_bytes())
+    source = data.image_folder(str(tmp_path), labeled=True)
+    assert source.class_names == ["cat", "dog"] and source.size == 2
+    labels = [int(y) for _, y in source.dataset]
+    assert labels == [0, 1]
     flat = tmp_path / "flat"
     flat.mkdir()
     Image.fromarray(np.zeros((9, 7, 3), "uint8")).save(flat / "b.png")
     with pytest.raises(ValueError, match="class subfolders"):
-        data.list_image_folder(str(flat), labeled=True)
-    assert data.list_image_folder(str(flat))[1] is None
+        data.image_folder(str(flat), labeled=True)
+    unlabelled = data.image_folder(str(flat))
+    assert not unlabelled.labeled and [int(y) for _, y in unlabelled.dataset] == [-1]
+    with pytest.raises(ValueError, match="no labels"):
+        data.labeled_dataset(unlabelled, 1, 8)
+
+
+def test_tfds_source_with_mock_data():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=12):
+        source = data.tfds_source("cifar10", "train")
+        assert source.size == 12 and source.num_classes == 10 and source.kind == "encoded"
+        x1, x2 = _take(data.two_view_dataset(source, 4, 32, blur=False, seed=0))
+        assert x1.shape == (4, 32, 32, 3) and not np.allclose(x1, x2)
+        val = data.tfds_source("cifar10", "validation")
+        assert val.name == "tfds:cifar10/test"  # cifar10 has no validation split
+        x, y = next(iter(data.labeled_dataset(val, 5, 32)))
+        assert x.shape == (5, 32, 32, 3) and y.shape == (5,)
+    with pytest.raises(ValueError, match="Unknown TFDS dataset 'no_such_dataset'"):
+        data.tfds_source("no_such_dataset")
+
+
+def test_sharding_gives_each_worker_its_own_images():
+    source = data.embedded_digits("test", image_size=8)
+    seen = []
+    for worker in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker)
+        ds = data.labeled_dataset(source, 300, 8, input_context=context, deterministic=True)
+        seen.append(next(iter(ds))[0].numpy())
+    assert len(seen[0]) + len(seen[1]) == 297
+    assert not np.isclose(seen[0][: len(seen[1])], seen[1]).all(axis=(1, 2, 3)).any()
+
+
+def test_device_mode_yields_unaugmented_crops():
+    source = data.embedded_digits("train", image_size=16)
+    x1, x2 = _take(data.two_view_dataset(source, 4, 16, augment_on="device", deterministic=True))
+    assert x1.min() >= 0.0 and x1.max() <= 1.0 and not np.allclose(x1, x2)
+    with pytest.raises(ValueError, match="augment_on"):
+        data.two_view_dataset(source, 4, 16, augment_on="gpu")
 
 
 def test_bad_batch_size():
