@@ -137,25 +137,37 @@ def adjust_hue(image, delta):
     return tf.clip_by_value(tf.image.adjust_hue(image, delta), 0.0, 1.0)
 
 
-def color_jitter(image, seed, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1):
-    """Torchvision `ColorJitter`: four factors drawn per image, applied in a random order.
+def jitter_params(seed, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1):
+    """ColorJitter's random draws: factors [4] and the order [4] of the four ops.
 
-    Brightness, contrast and saturation factors ~ U[1 - x, 1 + x]; hue shift ~ U[-hue, hue].
+    Brightness, contrast and saturation factors ~ U[1 - x, 1 + x], the hue shift ~ U[-h, h];
+    the order is a random permutation of the op ids 0-3.
     """
     s_order, s_b, s_c, s_s, s_h = tf.unstack(split_seed(seed, 5))
-    factors = [
-        _uniform(s_b, 1 - brightness, 1 + brightness),
-        _uniform(s_c, 1 - contrast, 1 + contrast),
-        _uniform(s_s, 1 - saturation, 1 + saturation),
-        _uniform(s_h, -hue, hue),
-    ]
+    factors = tf.stack(
+        [
+            _uniform(s_b, 1 - brightness, 1 + brightness),
+            _uniform(s_c, 1 - contrast, 1 + contrast),
+            _uniform(s_s, 1 - saturation, 1 + saturation),
+            _uniform(s_h, -hue, hue),
+        ]
+    )
+    return factors, tf.argsort(_uniform(s_order, shape=(4,)))
+
+
+def apply_jitter(image, factors, order):
+    """Brightness, contrast, saturation and hue with `factors`, in `order` (op ids 0-3)."""
     ops = [adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue]
-    order = tf.argsort(_uniform(s_order, shape=(4,)))
     for position in range(4):
-        branches = [(lambda op=op, f=f, x=image: op(x, f)) for op, f in zip(ops, factors)]
+        branches = [(lambda op=op, j=j, x=image: op(x, factors[j])) for j, op in enumerate(ops)]
         image = tf.switch_case(order[position], branches)
         image.set_shape([None, None, 3])
     return image
+
+
+def color_jitter(image, seed, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1):
+    """Torchvision `ColorJitter`: four factors drawn per image, applied in a random order."""
+    return apply_jitter(image, *jitter_params(seed, brightness, contrast, saturation, hue))
 
 
 def gaussian_blur(image, sigma):
@@ -191,8 +203,8 @@ def normalize(image, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     return image * inv_std - tf.constant(mean, image.dtype) * inv_std
 
 
-def _maybe(apply_p, seed, fn, image):
-    return tf.cond(_uniform(seed) < apply_p, lambda: fn(image), lambda: image)
+def _maybe(apply, fn, image):
+    return tf.cond(apply, lambda: fn(image), lambda: image)
 
 
 def simsiam_view(image, size, seed, blur=True, scale=(0.2, 1.0)):
@@ -225,6 +237,39 @@ def random_resized_crop(image, size, seed, scale=(0.2, 1.0)):
     return resize(image[top : top + h, left : left + w], size)
 
 
+def view_params(seed, blur=True):
+    """The random draws of one view after its crop, from one stateless seed.
+
+    Returns:
+        A dict: `jitter` (bool, p=0.8), `factors` [4] and `order` [4] (`jitter_params`),
+        `gray` (p=0.2), `blur` (p=0.5; False without blur), `sigma` ~ U[0.1, 2], `flip` (p=0.5).
+        `device_augment.sample_params` draws the same, batched.
+    """
+    s_jit_p, s_jit, s_gray, s_blur_p, s_sigma, s_flip = tf.unstack(split_seed(seed, 6))
+    factors, order = jitter_params(s_jit)
+    return {
+        "jitter": _uniform(s_jit_p) < 0.8,
+        "factors": factors,
+        "order": order,
+        "gray": _uniform(s_gray) < 0.2,
+        "blur": (_uniform(s_blur_p) < 0.5) if blur else tf.constant(False),
+        "sigma": _uniform(s_sigma, 0.1, 2.0),
+        "flip": _uniform(s_flip) < 0.5,
+    }
+
+
+def apply_view(image, params):
+    """ColorJitter, grayscale, blur and flip as `params` say, then normalisation."""
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    image = _maybe(
+        params["jitter"], lambda x: apply_jitter(x, params["factors"], params["order"]), image
+    )
+    image = _maybe(params["gray"], grayscale, image)
+    image = _maybe(params["blur"], lambda x: gaussian_blur(x, params["sigma"]), image)
+    image = _maybe(params["flip"], hflip, image)
+    return normalize(image)
+
+
 def augment_cropped(image, seed, blur=True):
     """The steps of `simsiam_view` after the crop (also used after a fused JPEG decode+crop).
 
@@ -236,15 +281,7 @@ def augment_cropped(image, seed, blur=True):
     Returns:
         The normalised view.
     """
-    s_jit_p, s_jit, s_gray, s_blur_p, s_sigma, s_flip = tf.unstack(split_seed(seed, 6))
-    image = tf.clip_by_value(image, 0.0, 1.0)
-    image = _maybe(0.8, s_jit_p, lambda x: color_jitter(x, s_jit), image)
-    image = _maybe(0.2, s_gray, grayscale, image)
-    if blur:
-        sigma = _uniform(s_sigma, 0.1, 2.0)
-        image = _maybe(0.5, s_blur_p, lambda x: gaussian_blur(x, sigma), image)
-    image = _maybe(0.5, s_flip, hflip, image)
-    return normalize(image)
+    return apply_view(image, view_params(seed, blur))
 
 
 def eval_view(image, size, resize_ratio=256 / 224):
@@ -272,4 +309,4 @@ LINEAR_CROP_SCALE = (0.08, 1.0)  # torchvision's default, used by the linear-eva
 def linear_cropped(image, seed):
     """Linear-evaluation training view after its RandomResizedCrop: flip p=0.5, normalise."""
     image = tf.clip_by_value(image, 0.0, 1.0)
-    return normalize(_maybe(0.5, seed, hflip, image))
+    return normalize(_maybe(_uniform(seed) < 0.5, hflip, image))

@@ -47,6 +47,9 @@ class SimSiam(keras.Model):
         stop_gradient: False removes the stop-gradient: the collapse ablation of Fig. 2.
         synchronized_bn: SyncBN in the heads across replicas (TensorFlow backend only; the
             backbone's BN is set when it is built).
+        augment: an optional layer applied to each view first, e.g.
+            `device_augment.ViewAugment()` when the pipeline leaves the colour steps to the
+            accelerator (`augment_on="device"`); it gets the `training` flag.
         **kwargs: `keras.Model` arguments such as `name`.
 
     Example:
@@ -68,6 +71,7 @@ class SimSiam(keras.Model):
         projector_layers=3,
         stop_gradient=True,
         synchronized_bn=False,
+        augment=None,
         **kwargs,
     ):
         if not isinstance(backbone, keras.Model):
@@ -81,6 +85,7 @@ class SimSiam(keras.Model):
         self.backbone = backbone
         self.projector = heads.build_projector(feature_dim, dim, projector_layers, synchronized_bn)
         self.predictor = heads.build_predictor(dim, pred_dim, synchronized_bn)
+        self.augment = augment
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.z_std_tracker = keras.metrics.Mean(name="z_std")
         # Config.
@@ -104,6 +109,9 @@ class SimSiam(keras.Model):
             A dict with `p1, p2` (predictions) and `z1, z2` (projections), each `[N, dim]`.
         """
         x1, x2 = inputs
+        if self.augment is not None:
+            x1 = self.augment(x1, training=training)
+            x2 = self.augment(x2, training=training)
         z1 = self.projector(self.backbone(x1, training=training), training=training)
         z2 = self.projector(self.backbone(x2, training=training), training=training)
         p1 = self.predictor(z1, training=training)
@@ -221,6 +229,7 @@ class SimSiam(keras.Model):
                 "projector_layers": self.projector_layers,
                 "stop_gradient": self.stop_gradient,
                 "synchronized_bn": self.synchronized_bn,
+                "augment": keras.saving.serialize_keras_object(self.augment),
             }
         )
         return config
@@ -229,4 +238,5 @@ class SimSiam(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        config["augment"] = keras.saving.deserialize_keras_object(config.get("augment"))
         return cls(**config)

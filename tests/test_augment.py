@@ -162,3 +162,49 @@ def test_eval_view_resizes_short_side_and_centre_crops():
     assert out.shape == (16, 16, 3)
     small = augment.eval_view(_image(5, 7), 16).numpy()  # smaller than the crop: upsampled
     assert small.shape == (16, 16, 3)
+
+
+def _params(n, blur=True):
+    ds = tf.data.Dataset.range(n).map(lambda i: augment.view_params(tf.stack([9, i]), blur))
+    return next(iter(ds.batch(n)))
+
+
+def test_random_step_frequencies_and_ranges():
+    p = {k: v.numpy() for k, v in _params(8000).items()}
+    for name, expected in [("jitter", 0.8), ("gray", 0.2), ("blur", 0.5), ("flip", 0.5)]:
+        assert abs(p[name].mean() - expected) < 0.02, name
+    assert (np.sort(p["order"], 1) == np.arange(4)).all()
+    assert len({tuple(o) for o in p["order"]}) == 24
+    assert p["sigma"].min() >= 0.1 and p["sigma"].max() <= 2.0
+    assert not _params(100, blur=False)["blur"].numpy().any()
+
+
+def test_views_apply_jitter_and_blur_at_their_rates():
+    # Output-based: a view differs from the same view with the step switched off exactly when
+    # the step was drawn; a pipeline that skipped a step would fail this.
+    img = tf.constant(_image(12, 12))
+    changed = {"jitter": [], "blur": []}
+    for i in range(300):
+        seed = _seed(i)
+        params = augment.view_params(seed)
+        view = augment.augment_cropped(img, seed).numpy()
+        for step in changed:
+            off = augment.apply_view(img, {**params, step: tf.constant(False)}).numpy()
+            changed[step].append(not np.allclose(view, off, atol=1e-6))
+    assert abs(np.mean(changed["jitter"]) - 0.8) < 0.07
+    assert abs(np.mean(changed["blur"]) - 0.5) < 0.08
+
+
+def test_host_and_device_paths_agree_on_the_same_draws():
+    from simsiam_keras import device_augment
+
+    n = 16
+    images = np.stack([_image(14, 14, seed=i) for i in range(n)])
+    params = _params(n)
+    # Same kernel radius on both paths when ceil(3 sigma) = 6.
+    params["sigma"] = tf.fill([n], 1.9)
+    host = np.stack(
+        [augment.apply_view(images[i], {k: v[i] for k, v in params.items()}) for i in range(n)]
+    )
+    device = device_augment.apply_params(images, {k: v.numpy() for k, v in params.items()})
+    np.testing.assert_allclose(host, np.asarray(device), atol=1e-4)

@@ -1,0 +1,183 @@
+"""The weighted kNN classifier vs a brute-force NumPy reference and on data of known accuracy."""
+
+import keras
+import numpy as np
+import pytest
+
+from simsiam_keras import knn
+
+
+def _normalize(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _reference_scores(train, train_labels, query, num_classes, k, temperature):
+    """InstDisc's kNN written the obvious way: full similarity matrix, full sort, one-hot votes."""
+    sim = _normalize(query).astype(np.float64) @ _normalize(train).astype(np.float64).T
+    k = min(k, len(train))
+    top = np.argsort(-sim, axis=1)[:, :k]
+    weights = np.exp(np.take_along_axis(sim, top, axis=1) / temperature)
+    one_hot = np.eye(num_classes)[train_labels[top]]  # [M, k, classes]
+    return np.sum(one_hot * weights[..., None], axis=1)
+
+
+def _clusters(rng, num_classes, per_class, dim=32, noise=0.05):
+    """Points around `num_classes` random unit centres, labelled by centre, on the sphere."""
+    centers = _normalize(rng.normal(size=(num_classes, dim)))
+    labels = np.repeat(np.arange(num_classes), per_class)
+    points = centers[labels] + noise * rng.normal(size=(len(labels), dim))
+    return _normalize(points).astype(np.float32), labels
+
+
+def _near(rng, points, noise=0.02):
+    return _normalize(points + noise * rng.normal(size=points.shape)).astype(np.float32)
+
+
+@pytest.mark.multibackend
+@pytest.mark.parametrize("chunk_size", [1, 7, 50, 1024])
+@pytest.mark.parametrize("k", [1, 10, 500])  # 500 > the 120 train samples: clamped
+def test_knn_predict_matches_brute_force(chunk_size, k):
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(120, 16)).astype(np.float32)
+    query = rng.normal(size=(50, 16)).astype(np.float32)
+    labels = rng.integers(0, 6, 120)
+    scores = knn.knn_predict(train, labels, query, 6, k=k, temperature=0.2, chunk_size=chunk_size)
+    expected = _reference_scores(train, labels, query, 6, k, 0.2)
+    assert scores.shape == (50, 6) and scores.dtype == np.float32
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    np.testing.assert_array_equal(scores.argmax(-1), expected.argmax(-1))
+
+
+@pytest.mark.multibackend
+def test_knn_predict_k_larger_than_train_set_equals_k_equal_to_it():
+    rng = np.random.default_rng(1)
+    train, labels = rng.normal(size=(30, 8)), rng.integers(0, 3, 30)
+    query = rng.normal(size=(9, 8))
+    np.testing.assert_allclose(
+        knn.knn_predict(train, labels, query, 3, k=200),
+        knn.knn_predict(train, labels, query, 3, k=30),
+    )
+
+
+@pytest.mark.multibackend
+def test_knn_predict_is_cosine_not_dot_product():
+    rng = np.random.default_rng(2)
+    train, labels = rng.normal(size=(40, 8)), rng.integers(0, 4, 40)
+    query = rng.normal(size=(10, 8))
+    scale_train = rng.uniform(0.1, 10.0, (40, 1))
+    np.testing.assert_allclose(
+        knn.knn_predict(train * scale_train, labels, 3.0 * query, 4, k=5),
+        knn.knn_predict(train, labels, query, 4, k=5),
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.multibackend
+def test_well_separated_clusters_are_classified_perfectly():
+    rng = np.random.default_rng(3)
+    points, labels = _clusters(rng, 5, 60)
+    train, train_labels = points[::2], labels[::2]
+    val, val_labels = points[1::2], labels[1::2]
+    result = knn.knn_accuracy(train, train_labels, val, val_labels)  # k = 200 > 150: clamped
+    assert result == {"knn_top1": 100.0}  # 5 classes: no top-5
+    result = knn.knn_accuracy(train, train_labels, val, val_labels, k=20, chunk_size=16)
+    assert result == {"knn_top1": 100.0}
+
+
+@pytest.mark.multibackend
+def test_known_accuracy_with_a_fifth_of_the_val_labels_wrong():
+    rng = np.random.default_rng(5)
+    train, train_labels = _clusters(rng, 10, 30)
+    picks = rng.choice(len(train), 200, replace=False)
+    val = _near(rng, train[picks])
+    true = train_labels[picks]
+    val_labels = true.copy()
+    val_labels[:40] = (true[:40] + 1) % 10  # 20 % wrong, by construction
+    result = knn.knn_accuracy(train, train_labels, val, val_labels, k=25, chunk_size=64)
+    assert result["knn_top1"] == pytest.approx(80.0)
+    # k = 25 < 30 per class: every vote goes to the true class; the 9 others tie at 0 and rank by
+    # index (documented tie-break), so a wrong label c + 1 is in the top 5 when c <= 3, and the
+    # wrong label 0 of class 9 ranks second.
+    in_top5 = np.isin(true[:40], [0, 1, 2, 3, 9])
+    assert result["knn_top5"] == pytest.approx(80.0 + 100.0 * in_top5.sum() / 200)
+
+
+@pytest.mark.multibackend
+def test_random_labels_give_chance_accuracy():
+    rng = np.random.default_rng(6)
+    train, val = rng.normal(size=(2000, 16)), rng.normal(size=(2000, 16))
+    train_labels, val_labels = rng.integers(0, 10, 2000), rng.integers(0, 10, 2000)
+    result = knn.knn_accuracy(train, train_labels, val, val_labels, num_classes=10)
+    assert abs(result["knn_top1"] - 10.0) < 3.0  # chance; 3 points is ~4.5 standard errors
+    assert abs(result["knn_top5"] - 50.0) < 5.0
+
+
+@pytest.mark.multibackend
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"k": 0}, "`k`"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"num_classes": 2}, r"\[0, 2\)"),
+    ],
+)
+def test_knn_predict_rejects_bad_arguments(kwargs, match):
+    rng = np.random.default_rng(7)
+    args = {"num_classes": 3, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        knn.knn_predict(
+            rng.normal(size=(6, 4)), [0, 1, 2, 0, 1, 2], rng.normal(size=(2, 4)), **args
+        )
+
+
+def _tiny_backbone():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(6, 3, padding="same"),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.GlobalAveragePooling2D(),
+        ]
+    )
+
+
+@pytest.mark.multibackend
+def test_extract_features_from_arrays_and_from_batches():
+    backbone = _tiny_backbone()
+    rng = np.random.default_rng(8)
+    images = rng.normal(size=(10, 8, 8, 3)).astype(np.float32)
+    labels = np.arange(10) % 3
+    features, out_labels = knn.extract_features(backbone, (images, labels), batch_size=4)
+    expected = keras.ops.convert_to_numpy(backbone(images, training=False))
+    assert features.shape == (10, 6) and features.dtype == np.float32
+    assert out_labels.dtype == np.int64
+    np.testing.assert_array_equal(out_labels, labels)
+    np.testing.assert_allclose(features, _normalize(expected), rtol=1e-5, atol=1e-6)
+    batches = [(images[:3], labels[:3]), (images[3:], labels[3:])]
+    features2, labels2 = knn.extract_features(backbone, batches)
+    np.testing.assert_allclose(features2, features, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(labels2, labels)
+
+
+def test_extract_features_from_tf_data():
+    import tensorflow as tf
+
+    backbone = _tiny_backbone()
+    rng = np.random.default_rng(9)
+    images = rng.normal(size=(10, 8, 8, 3)).astype(np.float32)
+    labels = np.arange(10) % 3
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    features, out_labels = knn.extract_features(backbone, ds)
+    reference, _ = knn.extract_features(backbone, (images, labels))
+    np.testing.assert_allclose(features, reference, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out_labels, labels)
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.multibackend
+def test_extract_features_rejects_unlabelled_batches():
+    with pytest.raises(ValueError, match=r"\(images, labels\)"):
+        knn.extract_features(_tiny_backbone(), [np.zeros((2, 8, 8, 3), np.float32)])
