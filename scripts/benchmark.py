@@ -41,7 +41,8 @@ flags.DEFINE_integer("warmup", 3, "Untimed warm-up steps (batches for `pipeline`
 flags.DEFINE_string("train_dir", None, "`pipeline`: image folder (default: embedded digits).")
 flags.DEFINE_integer("batches", 20, "`pipeline`: timed batches.", lower_bound=1)
 flags.DEFINE_bool("blur", True, "`pipeline`: include the Gaussian blur (false: CIFAR variant).")
-flags.DEFINE_bool("fused", True, "`pipeline`: fuse the JPEG decode with the crop.")
+flags.DEFINE_bool("fused", False, "`pipeline`: decode each view's JPEG crop separately.")
+flags.DEFINE_bool("compiled", True, "`pipeline`: XLA-compile the steps after the crop.")
 flags.DEFINE_enum("augment_on", "host", ["host", "device"], "`pipeline`: where views augment.")
 
 
@@ -113,6 +114,7 @@ def benchmark_pipeline():
         blur=FLAGS.blur,
         repeat=True,
         fused=FLAGS.fused,
+        compiled=FLAGS.compiled,
         augment_on=FLAGS.augment_on,
     )
     it = iter(ds)
@@ -129,6 +131,7 @@ def benchmark_pipeline():
         "batch_size": FLAGS.batch_size,
         "blur": FLAGS.blur,
         "fused": FLAGS.fused,
+        "compiled": FLAGS.compiled,
         "augment_on": FLAGS.augment_on,
         "cores": os.cpu_count(),
         "pairs_per_s": FLAGS.batch_size * FLAGS.batches / seconds,

@@ -170,26 +170,30 @@ def color_jitter(image, seed, brightness=0.4, contrast=0.4, saturation=0.4, hue=
     return apply_jitter(image, *jitter_params(seed, brightness, contrast, saturation, hue))
 
 
-def gaussian_blur(image, sigma):
-    """Separable Gaussian blur with std `sigma` px, kernel radius ceil(3 sigma), reflect padding.
+BLUR_RADIUS = math.ceil(3 * 2.0)  # ceil(3 sigma) of the largest sigma
 
-    The official code uses PIL's `GaussianBlur(radius=sigma)` (an approximation of this filter
-    by box blurs); this is the exact filter it approximates.
+
+def gaussian_blur(image, sigma, radius=BLUR_RADIUS):
+    """Separable Gaussian blur with std `sigma` px, reflect padding, kernel radius 6 px.
+
+    The official code uses PIL's `GaussianBlur(radius=sigma)` (box blurs approximating a
+    Gaussian); this is the Gaussian it approximates, truncated at 6 px = 3 x the largest sigma
+    (so at >= 3 sigma for every sigma in [0.1, 2]), the same kernel as `device_augment`'s.
+    Written as shifted sums: XLA fuses them (`compiled_apply_view`), where a depthwise
+    convolution under XLA ran ~20x slower on this CPU.
     """
     image = tf.convert_to_tensor(image, tf.float32)
-    radius = tf.cast(tf.math.ceil(3.0 * sigma), tf.int32)
-    radius = tf.minimum(radius, tf.minimum(tf.shape(image)[0], tf.shape(image)[1]) - 1)
-    radius = tf.maximum(radius, 1)
-    x = tf.cast(tf.range(-radius, radius + 1), tf.float32)
-    kernel = tf.exp(-0.5 * tf.square(x / sigma))
+    h, w = image.shape[0], image.shape[1]
+    if h is not None and w is not None:
+        radius = max(1, min(radius, h - 1, w - 1))
+    taps = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+    kernel = tf.exp(-0.5 * tf.square(taps / sigma))
     kernel = kernel / tf.reduce_sum(kernel)
-    padded = tf.pad(image, [[radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
-    # Depthwise conv: [k, 1, 3, 1] then [1, k, 3, 1].
-    kv = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, 3, 1])
-    kh = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, 3, 1])
-    out = tf.nn.depthwise_conv2d(padded[None], kv, [1, 1, 1, 1], "VALID")
-    out = tf.nn.depthwise_conv2d(out, kh, [1, 1, 1, 1], "VALID")
-    return out[0]
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    padded = tf.pad(image, [[radius, radius], [0, 0], [0, 0]], mode="REFLECT")
+    image = tf.add_n([kernel[i] * padded[i : i + h] for i in range(2 * radius + 1)])
+    padded = tf.pad(image, [[0, 0], [radius, radius], [0, 0]], mode="REFLECT")
+    return tf.add_n([kernel[i] * padded[:, i : i + w] for i in range(2 * radius + 1)])
 
 
 def hflip(image):
@@ -270,18 +274,26 @@ def apply_view(image, params):
     return normalize(image)
 
 
-def augment_cropped(image, seed, blur=True):
+# The same function compiled by XLA, which fuses the colour ops, blur and normalisation into a
+# few loops over the image: 1.3x the views per second of `apply_view` in the 224 px pipeline
+# (README). Shapes must be static (they are after the resize); one compile per image size.
+compiled_apply_view = tf.function(apply_view, jit_compile=True, reduce_retracing=True)
+
+
+def augment_cropped(image, seed, blur=True, compiled=False):
     """The steps of `simsiam_view` after the crop (also used after a fused JPEG decode+crop).
 
     Args:
         image: float32 [size, size, 3] crop in [0, 1].
         seed: stateless seed, shape [2].
         blur: apply the Gaussian blur step.
+        compiled: use `compiled_apply_view` (XLA; needs a static image shape).
 
     Returns:
         The normalised view.
     """
-    return apply_view(image, view_params(seed, blur))
+    fn = compiled_apply_view if compiled else apply_view
+    return fn(image, view_params(seed, blur))
 
 
 def eval_view(image, size, resize_ratio=256 / 224):
