@@ -1,4 +1,4 @@
-"""Install simsiam_keras: `pip install -e .` (extras: test, jax, torch)."""
+"""Install simsiam_keras: `pip install -e .` (extras: test, jax, torch, kerascv)."""
 
 from setuptools import find_packages, setup
 
@@ -14,7 +14,6 @@ setup(
         "keras>=3.15",
         "tensorflow>=2.16",
         "tensorflow-datasets>=4.9",
-        "keras-cv>=0.9",
         "absl-py>=1.0",
         "numpy>=1.26",
         "scikit-learn>=1.3",  # the embedded offline dataset (8x8 digits) ships with it
@@ -26,6 +25,9 @@ setup(
         # CUDA build from PyPI.
         "torch": ["torch==2.13.0"],
         "jax": ["jax>=0.4.30"],
-        "test": ["pytest>=8", "ruff>=0.5"],
+        # Not used by the library (README, "Why not KerasCV layers"): only by
+        # `scripts/benchmark.py pipeline --impl kerascv`, the measured comparison.
+        "kerascv": ["keras-cv>=0.9"],
+        "test": ["pytest>=8", "ruff>=0.5", "keras-cv>=0.9"],
     },
 )

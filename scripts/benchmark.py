@@ -44,6 +44,20 @@ flags.DEFINE_bool("blur", True, "`pipeline`: include the Gaussian blur (false: C
 flags.DEFINE_bool("fused", False, "`pipeline`: decode each view's JPEG crop separately.")
 flags.DEFINE_bool("compiled", True, "`pipeline`: XLA-compile the steps after the crop.")
 flags.DEFINE_enum("augment_on", "host", ["host", "device"], "`pipeline`: where views augment.")
+flags.DEFINE_list(
+    "ablate",
+    [],
+    "`pipeline` profile: steps to replace by a no-op (jitter, blur, antialias: plain bilinear "
+    "resize) to see what each costs. Not the recipe; for profiling only.",
+)
+flags.DEFINE_enum(
+    "impl",
+    "simsiam_keras",
+    ["simsiam_keras", "kerascv"],
+    "`pipeline`: this project's per-image ops, or the nearest KerasCV layer pipeline (batched "
+    "layers after a per-image resize to 1.15 x image_size; not the paper's semantics, for the "
+    "speed comparison behind augment.py's choice).",
+)
 
 
 def benchmark_step():
@@ -100,23 +114,75 @@ def benchmark_step():
     }
 
 
+def _kerascv_two_views(source):
+    import keras_cv
+    import tensorflow as tf
+    from keras import layers
+
+    from simsiam_keras import data
+
+    size = FLAGS.image_size
+    blur = [keras_cv.layers.RandomGaussianBlur(kernel_size=2 * (size // 20) + 1, factor=(0.1, 2.0))]
+    pipeline = keras_cv.layers.Augmenter(
+        [
+            keras_cv.layers.RandomCropAndResize((size, size), (0.2, 1.0), (3 / 4, 4 / 3)),
+            keras_cv.layers.RandomApply(
+                keras_cv.layers.RandomColorJitter((0, 1), 0.4, 0.4, (0.3, 0.7), 0.1), rate=0.8
+            ),
+            keras_cv.layers.RandomApply(keras_cv.layers.Grayscale(output_channels=3), rate=0.2),
+        ]
+        + ([keras_cv.layers.RandomApply(blur[0], rate=0.5)] if FLAGS.blur else [])
+        + [keras_cv.layers.RandomFlip("horizontal"), layers.Normalization(axis=-1)]
+    )
+    pipeline.layers[-1].adapt(tf.zeros([1, 1, 1, 3]) + 0.5)
+    stored = int(size * 1.15)
+
+    def load(item, label):
+        return tf.image.resize(data._full_image(item, source.kind), (stored, stored))
+
+    ds = source.dataset.repeat().shuffle(10_000).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(FLAGS.batch_size, drop_remainder=True)
+    ds = ds.map(lambda x: ((pipeline(x), pipeline(x)),), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _ablate(steps):
+    import tensorflow as tf
+
+    from simsiam_keras import augment
+
+    no_ops = {
+        "jitter": ("apply_jitter", lambda image, factors, order: image),
+        "blur": ("gaussian_blur", lambda image, sigma: image),
+        "antialias": ("resize", lambda image, size: tf.image.resize(image, (size, size))),
+    }
+    for step in steps:
+        if step not in no_ops:
+            raise app.UsageError(f"--ablate: unknown step {step!r}; known: {sorted(no_ops)}")
+        setattr(augment, *no_ops[step])
+
+
 def benchmark_pipeline():
     from simsiam_keras import data
 
+    _ablate(FLAGS.ablate)
     if FLAGS.train_dir:
         source = data.image_folder(FLAGS.train_dir)
     else:
         source = data.embedded_digits("train", FLAGS.image_size)
-    ds = data.two_view_dataset(
-        source,
-        FLAGS.batch_size,
-        FLAGS.image_size,
-        blur=FLAGS.blur,
-        repeat=True,
-        fused=FLAGS.fused,
-        compiled=FLAGS.compiled,
-        augment_on=FLAGS.augment_on,
-    )
+    if FLAGS.impl == "kerascv":
+        ds = _kerascv_two_views(source)
+    else:
+        ds = data.two_view_dataset(
+            source,
+            FLAGS.batch_size,
+            FLAGS.image_size,
+            blur=FLAGS.blur,
+            repeat=True,
+            fused=FLAGS.fused,
+            compiled=FLAGS.compiled,
+            augment_on=FLAGS.augment_on,
+        )
     it = iter(ds)
     for _ in range(FLAGS.warmup):
         next(it)
@@ -126,6 +192,8 @@ def benchmark_pipeline():
     seconds = time.perf_counter() - start
     return {
         "what": "keras_pipeline",
+        "impl": FLAGS.impl,
+        "ablate": FLAGS.ablate,
         "source": source.name,
         "image_size": FLAGS.image_size,
         "batch_size": FLAGS.batch_size,

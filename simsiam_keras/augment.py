@@ -1,14 +1,16 @@
 """The paper's view recipe (Sec. 4, App. A; RECIPE.md) with torchvision's semantics.
 
 One image at a time, for `tf.data.Dataset.map`. Why per-image TensorFlow ops and not KerasCV or
-Keras layers (KERAS_NOTES traps 4-5 and its measured baselines): KerasCV's
-`RandomCropAndResize` samples the aspect ratio uniformly and clips instead of torchvision's 10
-attempts with a centre-crop fallback; Keras's `RandomGaussianBlur` draws one sigma per batch;
-`RandomColorJitter` is additive with a fixed order and no apply probability; and on 2 cores
-KERAS_NOTES measured the KerasCV batched pipeline at ~56 views/s at 224 px against ~126 views/s
-for per-image `tf.image` ops inside an AUTOTUNE map. So each op here is written from
-torchvision's definition and randomness is drawn per image from a stateless seed (the same seed
-gives the same views whatever the parallelism).
+Keras layers (KERAS_NOTES traps 4-5): KerasCV's `RandomCropAndResize` samples the aspect ratio
+uniformly and clips instead of torchvision's 10 attempts with a centre-crop fallback; Keras's
+`RandomGaussianBlur` draws one sigma per batch; `RandomColorJitter` is additive with a fixed
+order and no apply probability. And speed: the nearest KerasCV layer pipeline ran at 0.33x the
+image pairs per second of this module at 224 px on 2 cores
+(`scripts/benchmark.py pipeline --impl kerascv`, README). So each op here is written from
+torchvision's definition and randomness is drawn per image from a stateless seed (the same
+seed gives the same views whatever the parallelism). The steps after the crop run XLA-compiled
+in the pipeline (`augment_cropped(..., compiled=True)`); `device_augment.py` has the same steps
+in `keras.ops` for the accelerator.
 
 Every image is float32 RGB in [0, 1] until `normalize`.
 """
@@ -274,10 +276,16 @@ def apply_view(image, params):
     return normalize(image)
 
 
-# The same function compiled by XLA, which fuses the colour ops, blur and normalisation into a
-# few loops over the image: 1.3x the views per second of `apply_view` in the 224 px pipeline
-# (README). Shapes must be static (they are after the resize); one compile per image size.
+def _augment_cropped(image, seed, blur):
+    return apply_view(image, view_params(seed, blur))
+
+
+# XLA-compiled versions. XLA fuses the colour ops, blur and normalisation into a few loops over
+# the image, and the scalar ops that draw a view's parameters into the same call (README).
+# Image shapes must be static (they are after the resize); one compile per image size. (The
+# crop sampler is not compiled: inside tf.data that kept compiling and grew to GBs.)
 compiled_apply_view = tf.function(apply_view, jit_compile=True, reduce_retracing=True)
+_compiled_augment_cropped = tf.function(_augment_cropped, jit_compile=True)
 
 
 def augment_cropped(image, seed, blur=True, compiled=False):
@@ -287,13 +295,12 @@ def augment_cropped(image, seed, blur=True, compiled=False):
         image: float32 [size, size, 3] crop in [0, 1].
         seed: stateless seed, shape [2].
         blur: apply the Gaussian blur step.
-        compiled: use `compiled_apply_view` (XLA; needs a static image shape).
+        compiled: run it XLA-compiled (needs a static image shape).
 
     Returns:
         The normalised view.
     """
-    fn = compiled_apply_view if compiled else apply_view
-    return fn(image, view_params(seed, blur))
+    return (_compiled_augment_cropped if compiled else _augment_cropped)(image, seed, blur)
 
 
 def eval_view(image, size, resize_ratio=256 / 224):

@@ -275,8 +275,12 @@ def load_source(dataset=EMBEDDED, split="train", data_dir=None, image_dir=None, 
 
 def _crops(item, kind, seeds, size, scale, fused=True):
     """[len(seeds), size, size, 3] random resized crops of one item, float32 in [0, 1]."""
+
+    def crop(image, s):
+        return augment.random_resized_crop(image, size, s, scale)
+
     if kind == "pixels":
-        return tf.stack([augment.random_resized_crop(item, size, s, scale) for s in seeds])
+        return tf.stack([crop(item, s) for s in seeds])
     contents = tf.io.read_file(item) if kind == "path" else item
 
     def decode_each_crop():  # JPEG: only the crop window is decoded (IDCT), once per view
@@ -290,7 +294,7 @@ def _crops(item, kind, seeds, size, scale, fused=True):
 
     def decode_once():
         image = _decode(contents)
-        return tf.stack([augment.random_resized_crop(image, size, s, scale) for s in seeds])
+        return tf.stack([crop(image, s) for s in seeds])
 
     if not fused:
         return decode_once()

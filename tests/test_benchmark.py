@@ -39,3 +39,39 @@ def test_benchmark_rejects_unknown_command():
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "nonsense"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode != 0 and "Usage" in result.stderr
+
+
+def test_pipeline_benchmark_and_show_views(tmp_path):
+    from PIL import Image
+
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "pipeline"]
+    cmd += ["--image_size", "16", "--batch_size", "8", "--batches", "2", "--warmup", "1"]
+    run = dict(capture_output=True, text=True, timeout=600, cwd=ROOT)
+    result = subprocess.run(cmd, **run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["pairs_per_s"] > 0 and report["source"].startswith("embedded digits")
+    result = subprocess.run(cmd + ["--impl", "kerascv"], **run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["impl"] == "kerascv"
+    out = tmp_path / "views.png"
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "show_views.py"), f"--out={out}"]
+    cmd += ["--num_images", "3", "--image_size", "16"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert Image.open(out).size == (3 * 16, 3 * 16)  # original | view 1 | view 2, 3 rows
+
+
+def test_make_jpeg_folder(tmp_path):
+    src = tmp_path / "src" / "cat"
+    src.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(src / "a.png")
+    Image.new("RGB", (32, 32), (10, 10, 200)).save(src / "b.png")
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "make_jpeg_folder.py")]
+    cmd += [f"--src={tmp_path / 'src'}", f"--out={tmp_path / 'out'}", "--per_class=2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sizes = sorted(Image.open(p).size for p in (tmp_path / "out" / "cat").iterdir())
+    assert sizes == [(375, 500), (500, 375)]
