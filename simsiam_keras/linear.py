@@ -1,0 +1,154 @@
+"""Linear evaluation (paper Sec. 4, App. A; official `main_lincls.py`) and backbone loading.
+
+The backbone is frozen and runs in inference mode for the whole run (its BatchNorm statistics
+do not move); a linear layer on its pooled features, weights ~ N(0, 0.01) and bias 0, is trained
+with LARS (batch 4096, lr 0.1 x batch / 256, cosine, 90 epochs) or plain SGD (lr 30, batch 256).
+`snapshot` / `check_unchanged` are the official sanity check that no backbone weight and no BN
+moving statistic changed.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+
+from simsiam_keras import device_augment
+from simsiam_keras.lars import LARS
+from simsiam_keras.optim import SGD, SimSiamSchedule
+
+EXPORT_META = "simsiam_backbone.json"
+
+
+@keras.saving.register_keras_serializable(package="simsiam_keras")
+class LinearClassifier(keras.Model):
+    """A linear layer on a frozen backbone's pooled features.
+
+    Args:
+        backbone: a `keras.Model` mapping images to `[N, C]`.
+        num_classes: number of classes.
+        freeze_backbone: freeze the backbone and always run it in inference mode (the
+            protocol). False only to show that the sanity check catches a training backbone.
+        **kwargs: `keras.Model` arguments.
+    """
+
+    def __init__(self, backbone, num_classes, freeze_backbone=True, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            backbone.trainable = False
+        self.fc = keras.layers.Dense(
+            num_classes,
+            kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01),
+            bias_initializer="zeros",
+            name="fc",
+        )
+        self.num_classes = num_classes
+
+    def call(self, images, training=False):
+        features = self.backbone(images, training=False if self.freeze_backbone else training)
+        return self.fc(features)
+
+
+def linear_optimizer(name, batch_size, epochs, steps_per_epoch, base_lr=None, weight_decay=0.0):
+    """The protocol's optimiser: "lars" (lr 0.1 x batch/256) or "sgd" (lr 30 x batch/256).
+
+    Both with momentum 0.9 and the per-epoch cosine of the official code.
+    """
+    if name not in ("lars", "sgd"):
+        raise ValueError(f"`optimizer` must be 'lars' or 'sgd'. Received: {name!r}")
+    base_lr = base_lr if base_lr is not None else (0.1 if name == "lars" else 30.0)
+    schedule = SimSiamSchedule(base_lr * batch_size / 256, steps_per_epoch, epochs)
+    if name == "lars":
+        return LARS(schedule, momentum=0.9, weight_decay=weight_decay, trust_coefficient=0.001)
+    return SGD(schedule, momentum=0.9, weight_decay=weight_decay)
+
+
+def snapshot(model):
+    """Copies of every variable of `model` (weights and BN moving statistics) by path."""
+    return {v.path: np.array(keras.ops.convert_to_numpy(v)) for v in model.variables}
+
+
+def check_unchanged(model, before):
+    """Raises if any variable of `model` differs from `snapshot` `before` (official check)."""
+    changed = [
+        path
+        for path, value in snapshot(model).items()
+        if path not in before or not np.array_equal(value, before[path])
+    ]
+    if changed:
+        raise RuntimeError(
+            f"The frozen backbone changed during linear evaluation ({len(changed)} variables, "
+            f"e.g. {changed[:3]}): BatchNorm ran in training mode or the backbone was trainable."
+        )
+
+
+class SavedModelBackbone(keras.layers.Layer):
+    """An exported SavedModel backbone (`export.export_backbone`) as a Keras layer (TF only).
+
+    Takes normalised images, as the pipelines give them, and feeds the SavedModel's serving
+    function the [0, 255] images it expects.
+    """
+
+    def __init__(self, path, **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        import tensorflow as tf
+
+        self.saved_model_path = path
+        self._loaded = tf.saved_model.load(path)
+        self._serve = self._loaded.signatures["serving_default"]
+        with open(os.path.join(path, "assets", EXPORT_META)) as f:
+            self.meta = json.load(f)
+
+    def call(self, images):
+        mean = keras.ops.convert_to_tensor(device_augment.IMAGENET_MEAN)
+        std = keras.ops.convert_to_tensor(device_augment.IMAGENET_STD)
+        pixels = (images * std + mean) * 255.0
+        return self._serve(images=pixels)["features"]
+
+
+def load_backbone(path, image_size=None):
+    """The backbone of a saved SimSiam (`.keras`), a saved backbone, or an exported SavedModel.
+
+    Args:
+        path: a `.keras` file (a `SimSiam` or any backbone model), a SavedModel directory
+            written by `export.export_backbone`, or a directory holding `model.keras`.
+        image_size: the input size the caller will use; checked against the model's.
+
+    Returns:
+        A `keras.Model` mapping normalised images `[N, H, W, 3]` to features `[N, C]`.
+
+    Raises:
+        ValueError: a missing or unreadable path, or an incompatible input size.
+    """
+    if not os.path.exists(path):
+        raise ValueError(f"Pretrained model not found: {path!r}")
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "model.keras")):
+        path = os.path.join(path, "model.keras")
+    if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, "saved_model.pb")):
+            raise ValueError(
+                f"{path!r} is neither a .keras file, a SavedModel nor a directory with model.keras"
+            )
+        layer = SavedModelBackbone(path)
+        size = layer.meta["image_size"]
+        if image_size is not None and size is not None and size != image_size:
+            raise ValueError(
+                f"{path!r} was exported for {size} px images, not --image_size={image_size}."
+            )
+        inputs = keras.Input((image_size or size, image_size or size, 3))
+        backbone = keras.Model(inputs, layer(inputs), name="saved_model_backbone")
+        backbone.feature_dim = layer.meta["feature_dim"]
+        return backbone
+    try:
+        model = keras.models.load_model(path)
+    except Exception as e:
+        raise ValueError(f"Could not load a Keras model from {path!r}: {e}") from None
+    backbone = getattr(model, "backbone", model)
+    shape = backbone.input_shape
+    if image_size is not None and shape[1] is not None and shape[1] != image_size:
+        raise ValueError(
+            f"The backbone in {path!r} takes {shape[1]} px images, not --image_size={image_size}."
+        )
+    return backbone
