@@ -19,4 +19,4 @@ if os.environ.get("SIMSIAM_BLOCK_TF") == "1":
         sys.modules[_name] = None
     # Modules that are TensorFlow by design (tf.data, augmentation ops) are not collected there;
     # only tests marked `multibackend` run in those processes anyway.
-    collect_ignore = ["test_augment.py", "test_data.py"]
+    collect_ignore = ["test_augment.py", "test_data.py", "test_linear.py"]

@@ -4,12 +4,14 @@ Measured on a fixed probe batch in inference mode, because the projector's final
 re-standardises every channel in training mode and so hides a collapse there.
 """
 
+import warnings
+
 import keras
 import numpy as np
 from sklearn.datasets import load_digits
 
 import simsiam_keras as sk
-from simsiam_keras import losses
+from simsiam_keras import losses, monitors
 
 
 def _digits(n=512, size=16):
@@ -43,19 +45,27 @@ def _train(stop_gradient, images, epochs=12):
         )
     )
     history = {"loss": []}
+    probe = _view(images[:256], np.random.default_rng(1))
+    # patience 2, not the default 3: this small run collapses only in its last epochs (the
+    # monitor's docstring has the measured values).
+    monitor = monitors.CollapseMonitor(probe, patience=2)
     for _ in range(epochs):  # fresh random views every epoch
         x1, x2 = _view(images, rng), _view(images, rng)
-        logs = model.fit((x1, x2), batch_size=64, epochs=1, shuffle=False, verbose=0).history
+        logs = model.fit(
+            (x1, x2), batch_size=64, epochs=1, shuffle=False, verbose=0, callbacks=[monitor]
+        ).history
         history["loss"] += logs["loss"]
-    probe = _view(images[:256], np.random.default_rng(1))
     z = model.projector(model.backbone(probe, training=False), training=False)
+    history["monitor"] = monitor
     return history, float(keras.ops.convert_to_numpy(losses.output_std(z)))
 
 
 def test_removing_stop_gradient_collapses_and_keeping_it_does_not():
     images = _digits()
     logs_sg, std_sg = _train(True, images)
-    logs_nosg, std_nosg = _train(False, images)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", monitors.CollapseWarning)
+        logs_nosg, std_nosg = _train(False, images)
     dim = 128
     print(
         f"stop-grad: loss {logs_sg['loss']}, probe z_std {std_sg:.4f}; "
@@ -64,3 +74,7 @@ def test_removing_stop_gradient_collapses_and_keeping_it_does_not():
     assert logs_nosg["loss"][-1] < -0.9  # Fig. 2 left: the loss heads to its minimum, -1
     assert std_nosg < 0.25 * std_sg  # Fig. 2 middle: the output std collapses
     assert std_sg > 0.4 / np.sqrt(dim)  # with stop-gradient it stays near 1/sqrt(d)
+    # The collapse monitor warns on the ablation and stays silent on the real recipe.
+    assert logs_nosg["monitor"].collapsed, logs_nosg["monitor"].history
+    assert sum(issubclass(w.category, monitors.CollapseWarning) for w in caught) == 1
+    assert not logs_sg["monitor"].collapsed, logs_sg["monitor"].history
