@@ -15,6 +15,7 @@ setup(
         "tensorflow>=2.16",
         "tensorflow-datasets>=4.9",
         "absl-py>=1.0",
+        "tensorboard>=2.16",  # summaries of pretraining runs (not pulled in by tensorflow 2.21)
         "numpy>=1.26",
         "scikit-learn>=1.3",  # the embedded offline dataset (8x8 digits) ships with it
         "matplotlib>=3.7",  # training plots and pictures of the views

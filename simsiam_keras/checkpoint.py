@@ -1,0 +1,141 @@
+"""Checkpoints every N steps that survive a kill at any moment, and resuming from them.
+
+A checkpoint is a directory `WORKDIR/checkpoints/ckpt-<step>/` holding `model.weights.npz` (every
+model variable, BN statistics included), `optimizer.npz` (every optimizer variable: iteration,
+momentum buffers) and `state.json` (global step, epoch, step within the epoch). It is written
+under a temporary name and renamed into place; then the `latest` file, the pointer, is replaced
+atomically (`os.replace`). A kill during a write leaves a stray temporary directory and the
+previous `latest`: the last usable checkpoint is never touched. Older checkpoints beyond `keep`
+are deleted after the pointer moves. NumPy files keep checkpoints backend-neutral.
+"""
+
+import json
+import os
+import shutil
+
+import keras
+import numpy as np
+
+LATEST = "latest"
+
+
+def _to_numpy(variables):
+    return {f"{i:05d}": np.asarray(keras.ops.convert_to_numpy(v)) for i, v in enumerate(variables)}
+
+
+def save(directory, model, step, epoch, step_in_epoch, keep=2):
+    """Writes checkpoint `step` atomically under `directory`; returns its path."""
+    os.makedirs(directory, exist_ok=True)
+    final = os.path.join(directory, f"ckpt-{step}")
+    tmp = os.path.join(directory, f".tmp-ckpt-{step}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    np.savez(os.path.join(tmp, "model.weights.npz"), **_to_numpy(model.variables))
+    np.savez(os.path.join(tmp, "optimizer.npz"), **_to_numpy(model.optimizer.variables))
+    state = {"step": int(step), "epoch": int(epoch), "step_in_epoch": int(step_in_epoch)}
+    with open(os.path.join(tmp, "state.json"), "w") as f:
+        json.dump(state, f)
+    for name in os.listdir(tmp):  # data on disk before the rename makes it visible
+        with open(os.path.join(tmp, name), "rb") as f:
+            os.fsync(f.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+    pointer = os.path.join(directory, f".{LATEST}.tmp")
+    with open(pointer, "w") as f:
+        f.write(os.path.basename(final))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(pointer, os.path.join(directory, LATEST))
+    _prune(directory, keep)
+    return final
+
+
+def _prune(directory, keep):
+    steps = sorted(int(n.split("-")[1]) for n in os.listdir(directory) if n.startswith("ckpt-"))
+    for step in steps[:-keep]:
+        shutil.rmtree(os.path.join(directory, f"ckpt-{step}"), ignore_errors=True)
+    for name in os.listdir(directory):
+        if name.startswith(".tmp-ckpt-") and not name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)  # a killed write
+
+
+def latest(directory):
+    """The path of the last complete checkpoint under `directory`, or None."""
+    try:
+        with open(os.path.join(directory, LATEST)) as f:
+            path = os.path.join(directory, f.read().strip())
+    except OSError:
+        return None
+    return path if os.path.exists(os.path.join(path, "state.json")) else None
+
+
+def restore(path, model):
+    """Loads checkpoint `path` into a built, compiled `model`; returns its state dict."""
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    for variables, name in ((model.variables, "model.weights.npz"),
+                            (model.optimizer.variables, "optimizer.npz")):  # fmt: skip
+        with np.load(os.path.join(path, name)) as arrays:
+            if len(arrays.files) != len(variables):
+                raise ValueError(
+                    f"Checkpoint {path!r} holds {len(arrays.files)} {name} arrays; the model has "
+                    f"{len(variables)}: it was written by a different model or flags."
+                )
+            for key, variable in zip(sorted(arrays.files), variables):
+                if tuple(arrays[key].shape) != tuple(variable.shape):
+                    raise ValueError(
+                        f"Checkpoint {path!r}: {variable.path} has shape {arrays[key].shape}, "
+                        f"the model {tuple(variable.shape)}: different model or flags."
+                    )
+                variable.assign(arrays[key])
+    with open(os.path.join(path, "state.json")) as f:
+        return json.load(f)
+
+
+class StepCheckpoint(keras.callbacks.Callback):
+    """Saves a checkpoint every `every_steps` optimizer steps and at every epoch end.
+
+    Stops training with a clear message, keeping the last good checkpoint, when the loss is NaN
+    or infinite (the step is not saved).
+
+    Args:
+        directory: checkpoint directory.
+        every_steps: steps between checkpoints.
+        steps_per_epoch: steps in one epoch (for the position in the epoch).
+        initial_step: the global step training starts from (after a resume).
+        keep: checkpoints kept.
+        save: whether this process writes (only the chief does under multi-worker training).
+    """
+
+    def __init__(self, directory, every_steps, steps_per_epoch, initial_step=0, keep=2, save=True):
+        super().__init__()
+        self.directory = directory
+        self.every_steps = every_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.step = initial_step
+        self.keep = keep
+        self.save_enabled = save
+        self.nan_message = None
+
+    def _save(self):
+        if self.save_enabled:
+            epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+            save(self.directory, self.model, self.step, epoch, in_epoch, self.keep)
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float(keras.ops.convert_to_numpy(logs["loss"])) if logs and "loss" in logs else 0.0
+        if not np.isfinite(loss):
+            self.nan_message = (
+                f"The loss became {loss} at step {self.step + 1}; training stopped. The last good "
+                f"checkpoint is {latest(self.directory)!r}. Lower the learning rate or check the "
+                "data (and, with float16, the loss scaling)."
+            )
+            self.model.stop_training = True
+            return
+        self.step += 1
+        if self.step % self.every_steps == 0:
+            self._save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.nan_message is None and self.step % self.every_steps:
+            self._save()
