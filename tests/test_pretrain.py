@@ -1,0 +1,122 @@
+"""The pretraining CLI end to end: smoke run, configs, bad flags, kill and resume, quickstart."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "pretrain.py")
+SMALL = [
+    "--backbone=resnet18_cifar", "--width=0.125", "--image_size=16", "--dim=64",
+    "--pred_dim=16", "--batch_size=64", "--knn_every=0", "--compare_random_init=false",
+]  # fmt: skip
+
+
+def _run(*args, timeout=900):
+    cmd = [sys.executable, SCRIPT, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def _last_json(result):
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_smoke_run_writes_everything(tmp_path):
+    work = tmp_path / "run"
+    summary = _last_json(
+        _run(*SMALL, f"--workdir={work}", "--epochs=2", "--steps_per_epoch=2", "--knn_every=1")
+    )
+    assert summary["steps"] == 4 and summary["knn_top1"] is not None
+    for name in ("summary.json", "history.csv", "history.png", "model.keras"):
+        assert (work / name).exists(), name
+    assert (work / "export" / "backbone" / "saved_model.pb").exists()
+    assert list((work / "tensorboard").iterdir())
+    saved = json.load(open(work / "summary.json"))
+    for key in ("config", "wall_s", "pairs_per_s", "backend", "seed", "versions", "final"):
+        assert key in saved, key
+    assert saved["config"]["image_size"] == 16 and "loss" in saved["final"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch_size=0"], "--batch_size must be a positive integer"),
+        (["--epochs=-1"], "--epochs must be a positive integer"),
+        (["--base_lr=0"], "--base_lr must be positive"),
+        (["--backbone=vgg"], "--backbone must be one of"),
+        (["--train_dir=/no/such/dir"], "image folder not found"),
+        (["--dataset=no_such_tfds_name"], "Unknown TFDS dataset"),
+        (["--strategy=everything"], "strategy"),
+    ],
+)
+def test_bad_flags_stop_with_a_message(tmp_path, args, message):
+    result = _run(*SMALL, f"--workdir={tmp_path / 'w'}", *args, timeout=300)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_workdir_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = _run(*SMALL, f"--workdir={tmp_path / 'file'}", timeout=300)
+    assert result.returncode != 0 and "is a file" in result.stderr
+
+
+def test_configs_parse_and_smoke_run(tmp_path):
+    configs = sorted(p for p in os.listdir(os.path.join(ROOT, "configs")) if p.endswith(".cfg"))
+    assert {"in1k.cfg", "cifar10.cfg", "quickstart.cfg"} <= set(configs)
+    for name in ("in1k.cfg", "cifar10.cfg"):
+        text = open(os.path.join(ROOT, "configs", name)).read()
+        assert text.startswith("#") and "python scripts/" in text.splitlines()[1]
+        # The paper's recipe, overridden to a few steps of a tiny model on the embedded data.
+        result = _run(
+            f"--flagfile={os.path.join(ROOT, 'configs', name)}", *SMALL, "--dataset=digits",
+            "--epochs=1", "--steps_per_epoch=1", f"--workdir={tmp_path / name}",
+            "--export=false", "--strategy=auto",
+        )  # fmt: skip
+        assert _last_json(result)["steps"] == 1, name
+
+
+def _weights(path):
+    with np.load(path / "model.weights.npz") as f:
+        return [f[k] for k in sorted(f.files)]
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
+    common = [*SMALL, "--epochs=2", "--steps_per_epoch=4", "--checkpoint_every=1",
+              "--deterministic", "--export=false", "--seed=3"]  # fmt: skip
+    straight = tmp_path / "straight"
+    assert _last_json(_run(*common, f"--workdir={straight}"))["steps"] == 8
+    resumed = tmp_path / "resumed"
+    cmd = [sys.executable, SCRIPT, *common, f"--workdir={resumed}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = resumed / "checkpoints" / "latest"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:  # kill mid-epoch 1 (step 5 of 8)
+        if latest.exists() and latest.read_text() in ("ckpt-5", "ckpt-6"):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = int(latest.read_text().split("-")[1])
+    assert 0 < killed_at < 8
+    summary = _last_json(_run(*common, f"--workdir={resumed}"))
+    assert summary["steps"] == 8
+    a = _weights(straight / "checkpoints" / "ckpt-8")
+    b = _weights(resumed / "checkpoints" / "ckpt-8")
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_quickstart_pretrained_encoder_beats_random_init(tmp_path):
+    # The README's second command: the defaults are the quickstart (configs/quickstart.cfg too).
+    summary = _last_json(_run(f"--workdir={tmp_path / 'qs'}", "--seed=0"))
+    assert summary["knn_top1"] > summary["random_init_knn_top1"] + 10, summary
+    assert summary["export"] and os.path.exists(summary["export"])
