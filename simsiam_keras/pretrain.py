@@ -190,7 +190,6 @@ def run(config, log=print):
 
     validate(config)
     c = config
-    layers = c.projector_layers or (2 if c.backbone == "resnet18_cifar" else 3)
     blur = c.blur if c.blur is not None else c.image_size > 32
     if c.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(f"mixed_{c.mixed_precision}")
@@ -212,28 +211,15 @@ def run(config, log=print):
     keras.utils.set_random_seed(c.seed)
     chief = _is_chief()
     os.makedirs(c.workdir, exist_ok=True)
+    if chief:  # at the start, so a killed run's checkpoints can still be exported
+        report.write_json(os.path.join(c.workdir, "config.json"), dataclasses.asdict(c))
     ckpt_dir = os.path.join(c.workdir, "checkpoints")
-
-    def build():
-        backbone = backbones.build_resnet(
-            c.backbone, c.width, c.image_size, synchronized_bn=strategy is not None
-        )
-        model = SimSiam(backbone, c.dim, c.pred_dim, layers, c.stop_gradient,
-                        synchronized_bn=strategy is not None)  # fmt: skip
-        optimizer = simsiam_optimizer(
-            c.base_lr, c.batch_size, c.epochs, steps, c.weight_decay,
-            fix_pred_lr=c.fix_pred_lr, warmup_epochs=c.warmup_epochs,
-        )  # fmt: skip
-        if c.mixed_precision == "float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        model.compile(optimizer=optimizer)
-        return model
 
     if strategy is not None:
         with strategy.scope():
-            model = build()
+            model = build_model(c, steps, distributed=True)
     else:
-        model = build()
+        model = build_model(c, steps)
     summary = {"random_init_knn_top1": None}
     if c.compare_random_init and knn_data:
         summary["random_init_knn_top1"] = _knn(model.backbone, *knn_data, c.knn_k)
@@ -316,6 +302,22 @@ def run(config, log=print):
         report.plot_history(history, os.path.join(c.workdir, "history.png"), "SimSiam pretraining")
         report.write_json(os.path.join(c.workdir, "summary.json"), summary)
     return summary
+
+
+def build_model(config, steps_per_epoch, distributed=False):
+    """The compiled SimSiam of `config` (SyncBN when `distributed`; float16 loss scaling)."""
+    c = config
+    layers = c.projector_layers or (2 if c.backbone == "resnet18_cifar" else 3)
+    backbone = backbones.build_resnet(c.backbone, c.width, c.image_size, distributed)
+    model = SimSiam(backbone, c.dim, c.pred_dim, layers, c.stop_gradient, distributed)
+    optimizer = simsiam_optimizer(
+        c.base_lr, c.batch_size, c.epochs, steps_per_epoch, c.weight_decay,
+        fix_pred_lr=c.fix_pred_lr, warmup_epochs=c.warmup_epochs,
+    )  # fmt: skip
+    if c.mixed_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer)
+    return model
 
 
 def export_or_explain(model, config, log=print):

@@ -120,3 +120,20 @@ def test_quickstart_pretrained_encoder_beats_random_init(tmp_path):
     summary = _last_json(_run(f"--workdir={tmp_path / 'qs'}", "--seed=0"))
     assert summary["knn_top1"] > summary["random_init_knn_top1"] + 10, summary
     assert summary["export"] and os.path.exists(summary["export"])
+
+
+def test_export_script_from_model_and_from_checkpoint(tmp_path):
+    import tensorflow as tf
+
+    work = tmp_path / "run"
+    _last_json(_run(*SMALL, f"--workdir={work}", "--epochs=1", "--steps_per_epoch=1",
+                    "--export=false", "--checkpoint_every=1"))  # fmt: skip
+    export = os.path.join(ROOT, "scripts", "export.py")
+    images = tf.random.uniform([2, 16, 16, 3], 0, 255, seed=1)
+    features = []
+    for extra in ([], ["--checkpoint", f"--out={tmp_path / 'from_ckpt'}"]):
+        cmd = [sys.executable, export, f"--workdir={work}", *extra]
+        out = _last_json(subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT))
+        loaded = tf.saved_model.load(out["path"]).signatures["serving_default"]
+        features.append(loaded(images=images)["features"].numpy())
+    np.testing.assert_allclose(features[0], features[1], atol=1e-5)
