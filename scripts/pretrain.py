@@ -53,7 +53,7 @@ flags.DEFINE_bool("no_stop_gradient", False, "Remove the stop-gradient (the coll
 flags.DEFINE_integer("knn_every", 2, "kNN monitor every N epochs (0: off).")
 flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints.")
 flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch (smoke runs).")
-flags.DEFINE_bool("deterministic", False, "Fixed data order and views for the seed.")
+flags.DEFINE_bool("deterministic", True, "Fixed data order and views for the seed.")
 flags.DEFINE_bool("export", True, "Export the backbone as a SavedModel at the end.")
 flags.DEFINE_bool("compare_random_init", True, "Also report a random-init encoder's kNN.")
 
