@@ -12,8 +12,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import tensorflow as tf  # noqa: E402
 
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+STRATEGY = None
+if sys.argv[1] == "mirrored":
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    STRATEGY = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -30,10 +33,9 @@ def main(mode, init_path, out_path):
     rng = np.random.default_rng(0)
     x1, x2 = (rng.normal(size=(48, 16, 16, 3)).astype("float32") for _ in range(2))
     dataset = tf.data.Dataset.from_tensor_slices(((x1, x2),)).batch(16)
-    if mode == "mirrored":
-        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-        assert strategy.num_replicas_in_sync == 2
-        with strategy.scope():
+    if STRATEGY is not None:
+        assert STRATEGY.num_replicas_in_sync == 2
+        with STRATEGY.scope():
             model = pretrain.build_model(config, steps_per_epoch=3, distributed=True)
     else:
         model = pretrain.build_model(config, steps_per_epoch=3)

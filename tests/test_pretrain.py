@@ -137,3 +137,16 @@ def test_export_script_from_model_and_from_checkpoint(tmp_path):
         loaded = tf.saved_model.load(out["path"]).signatures["serving_default"]
         features.append(loaded(images=images)["features"].numpy())
     np.testing.assert_allclose(features[0], features[1], atol=1e-5)
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    work = tmp_path / "nan"
+    result = _run(*SMALL, f"--workdir={work}", "--epochs=1", "--steps_per_epoch=4",
+                  "--checkpoint_every=1", "--base_lr=1e30", "--export=false")  # fmt: skip
+    assert result.returncode != 0 and "The loss became nan" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    latest = (work / "checkpoints" / "latest").read_text()
+    assert latest in result.stderr  # the message names the last good checkpoint
+    assert not (work / "summary.json").exists()
+    with np.load(work / "checkpoints" / latest / "model.weights.npz") as f:
+        assert all(np.isfinite(f[k]).all() for k in f.files)
