@@ -150,3 +150,21 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     assert not (work / "summary.json").exists()
     with np.load(work / "checkpoints" / latest / "model.weights.npz") as f:
         assert all(np.isfinite(f[k]).all() for k in f.files)
+
+
+def test_jax_data_parallel_run_then_export_under_tensorflow(tmp_path):
+    pytest.importorskip("jax")
+    work = tmp_path / "jax"
+    env = dict(os.environ, KERAS_BACKEND="jax",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")  # fmt: skip
+    cmd = [sys.executable, SCRIPT, *SMALL, f"--workdir={work}", "--epochs=1",
+           "--steps_per_epoch=2", "--strategy=mirrored"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    summary = _last_json(result)
+    assert summary["export"] is None and "scripts/export.py" in result.stdout + result.stderr
+    saved = json.load(open(work / "summary.json"))
+    assert saved["backend"] == "jax" and saved["replicas"] == 2
+    env["KERAS_BACKEND"] = "tensorflow"
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "export.py"), f"--workdir={work}"]
+    out = _last_json(subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env))
+    assert (work / "export" / "backbone" / "saved_model.pb").exists() and out["image_size"] == 16
