@@ -44,7 +44,7 @@ flags.DEFINE_enum(
     "auto",
     list(STRATEGIES),
     "auto: all local accelerators; one_device; mirrored: tf MirroredStrategy (SyncBN), JAX "
-    "DataParallel; multi_worker: tf MultiWorkerMirroredStrategy from TF_CONFIG. "
+    "DataParallel; multi_worker: tf MultiWorkerMirroredStrategy from TF_CONFIG (not yet). "
     "PyTorch: one device.",
 )
 flags.DEFINE_enum("mixed_precision", "none", list(PRECISIONS), "Compute precision.")
