@@ -54,6 +54,7 @@ def test_smoke_run_writes_everything(tmp_path):
         (["--train_dir=/no/such/dir"], "image folder not found"),
         (["--dataset=no_such_tfds_name"], "Unknown TFDS dataset"),
         (["--strategy=everything"], "strategy"),
+        (["--strategy=multi_worker"], "multi_worker is not supported yet"),
     ],
 )
 def test_bad_flags_stop_with_a_message(tmp_path, args, message):
