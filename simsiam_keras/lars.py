@@ -20,11 +20,7 @@ lr inside the velocity (trap 17), hence this class.
 import keras
 from keras import ops
 
-
-def _check_non_negative(**values):
-    for name, value in values.items():
-        if isinstance(value, (int, float)) and not value >= 0:
-            raise ValueError(f"`{name}` must be >= 0. Received: {name}={value!r}")
+from simsiam_keras.optim import _check_non_negative
 
 
 def _l2_norm(x):
