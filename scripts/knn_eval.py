@@ -49,16 +49,8 @@ def main(argv):
         datasets = [data.labeled_dataset(s, batch, size) for s in (train, val)]
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    train_features, train_labels = knn.extract_features(backbone, datasets[0])
-    val_features, val_labels = knn.extract_features(backbone, datasets[1])
-    result = knn.knn_accuracy(
-        train_features,
-        train_labels,
-        val_features,
-        val_labels,
-        num_classes=train.num_classes,
-        k=_K.value,
-        temperature=_TEMPERATURE.value,
+    result = knn.backbone_knn_accuracy(
+        backbone, *datasets, train.num_classes, _K.value, _TEMPERATURE.value
     )
     print(report.json_line({"what": "knn_eval", "train": train.name, "val": val.name, **result}))
 

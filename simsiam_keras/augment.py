@@ -90,7 +90,8 @@ def resize(image, size):
     """Bilinear resize to `size` x `size` with antialiasing (as PIL's, used by torchvision).
 
     Antialiasing only changes a downscale; an upscale on both axes takes the plain bilinear
-    kernel, which gives the same values (to 2e-7) about 2.5x faster here.
+    kernel, which gives the same values (to 2e-7) about 2x faster here
+    (0.54 vs 1.24 ms per 150x120 -> 224 resize in one microbenchmark, call overhead included).
     """
     shape = tf.shape(image)
 

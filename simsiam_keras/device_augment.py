@@ -10,9 +10,8 @@ the host: images of different sizes only become a batch once cropped and resized
 
 Same definitions as `augment.py` (torchvision's), batched: every colour op is computed for every
 image and selected per image with `where`, the four jitter ops at each of the four positions of
-the random order. One difference: the blur kernel always has radius 6 (= ceil(3 x 2.0), the
-largest sigma's), where `augment.gaussian_blur` truncates at ceil(3 sigma); the extra taps
-carry less than 1.2% of the weight.
+the random order. The blur kernel has radius 6 (= ceil(3 x 2.0), the largest sigma's), the
+same kernel as `augment.gaussian_blur`.
 
 `augment.py` stays the host path: per-image TF ops in a tf.data map measured faster on CPU
 than batched layers (module docstring there), and tf.data cannot run `keras.ops` of the JAX or

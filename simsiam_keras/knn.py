@@ -219,3 +219,18 @@ def knn_accuracy(
     if num_classes > 5:
         result["knn_top5"] = 100.0 * float(np.mean(hits.any(axis=-1)))
     return result
+
+
+def backbone_knn_accuracy(
+    backbone, train_data, val_data, num_classes=None, k=200, temperature=0.2, batch_size=256
+):
+    """The kNN accuracy of `backbone`: features of `train_data` (the memory) and `val_data`.
+
+    The one entry point used by `KNNMonitor`, `scripts/knn_eval.py` and the pretraining run.
+    Arguments as `extract_features` and `knn_accuracy`; returns `knn_accuracy`'s dict.
+    """
+    train_features, train_labels = extract_features(backbone, train_data, batch_size)
+    val_features, val_labels = extract_features(backbone, val_data, batch_size)
+    return knn_accuracy(
+        train_features, train_labels, val_features, val_labels, num_classes, k, temperature
+    )

@@ -99,19 +99,10 @@ class KNNMonitor(keras.callbacks.Callback):
     def evaluate(self):
         """Runs the kNN evaluation now; returns `{"knn_top1": ...}` (plus `"knn_top5"`)."""
         backbone = _backbone_of(self.model, "KNNMonitor")
-        train_features, train_labels = knn.extract_features(
-            backbone, self.train_data, self.batch_size
-        )
-        val_features, val_labels = knn.extract_features(backbone, self.val_data, self.batch_size)
-        return knn.knn_accuracy(
-            train_features,
-            train_labels,
-            val_features,
-            val_labels,
-            num_classes=self.num_classes,
-            k=self.k,
-            temperature=self.temperature,
-        )
+        return knn.backbone_knn_accuracy(
+            backbone, self.train_data, self.val_data, self.num_classes, self.k,
+            self.temperature, self.batch_size,
+        )  # fmt: skip
 
     def on_epoch_end(self, epoch, logs=None):
         number = epoch + 1

@@ -184,9 +184,7 @@ def _versions():
 
 
 def _knn(backbone, train_eval, val_eval, k):
-    tf_, tl = knn.extract_features(backbone, train_eval)
-    vf, vl = knn.extract_features(backbone, val_eval)
-    return knn.knn_accuracy(tf_, tl, vf, vl, k=k)["knn_top1"]
+    return knn.backbone_knn_accuracy(backbone, train_eval, val_eval, k=k)["knn_top1"]
 
 
 def run(config, log=print):
