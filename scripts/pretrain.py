@@ -44,8 +44,9 @@ flags.DEFINE_enum(
     "auto",
     list(STRATEGIES),
     "auto: all local accelerators; one_device; mirrored: tf MirroredStrategy (SyncBN), JAX "
-    "DataParallel; multi_worker: tf MultiWorkerMirroredStrategy from TF_CONFIG (not yet). "
-    "PyTorch: one device.",
+    "DataParallel; multi_worker: tf MultiWorkerMirroredStrategy from TF_CONFIG (run the same "
+    "command on every worker, --workdir on shared storage; worker 0 writes). PyTorch: one "
+    "device.",
 )
 flags.DEFINE_enum("mixed_precision", "none", list(PRECISIONS), "Compute precision.")
 flags.DEFINE_integer("seed", 0, "Seed.")

@@ -69,6 +69,12 @@ def latest(directory):
     return path if os.path.exists(os.path.join(path, "state.json")) else None
 
 
+def read_state(path):
+    """The `state.json` of checkpoint `path`: `{"step", "epoch", "step_in_epoch"}`."""
+    with open(os.path.join(path, "state.json")) as f:
+        return json.load(f)
+
+
 def restore(path, model):
     """Loads checkpoint `path` into a built, compiled `model`; returns its state dict."""
     if not model.optimizer.built:
@@ -88,8 +94,7 @@ def restore(path, model):
                         f"the model {tuple(variable.shape)}: different model or flags."
                     )
                 variable.assign(arrays[key])
-    with open(os.path.join(path, "state.json")) as f:
-        return json.load(f)
+    return read_state(path)
 
 
 class StepCheckpoint(keras.callbacks.Callback):

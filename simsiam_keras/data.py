@@ -309,16 +309,20 @@ def _full_image(item, kind):
 
 def _prepare(source, seed, shuffle, input_context, repeat, start=0):
     ds = source.dataset
+    workers, worker = 1, 0
     if input_context is not None and input_context.num_input_pipelines > 1:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        workers, worker = input_context.num_input_pipelines, input_context.input_pipeline_id
+        ds = ds.shard(workers, worker)
     if shuffle:
         ds = ds.shuffle(min(source.size, 10_000), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     if start:
         ds = ds.skip(start)  # before decoding: skipping costs a pass over file names only
-    # Position in the (shuffled) stream: the per-image seed, new views every epoch.
-    return tf.data.Dataset.zip(tf.data.Dataset.counter(start), ds)
+    # Position in the (shuffled) stream, interleaved over the workers' shards: the per-image
+    # seed, new views every epoch and different draws on every worker. Without shuffling,
+    # worker w's i-th image is image i * workers + w and gets the seed it gets in one process.
+    return tf.data.Dataset.zip(tf.data.Dataset.counter(start * workers + worker, workers), ds)
 
 
 def _check_batch(batch_size):

@@ -13,7 +13,7 @@ Keras as `(x, y)` (KERAS_NOTES trap 7).
 import keras
 from keras import ops
 
-from simsiam_keras import backbones, heads, losses
+from simsiam_keras import backbones, distribute, heads, losses
 
 
 def _unpack_views(data):
@@ -159,7 +159,21 @@ class SimSiam(keras.Model):
             scaled = self.optimizer.scale_loss(loss / replicas)
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
-        return self._update_metrics(loss, outputs["z1"], lr)
+        logs = self._update_metrics(loss, outputs["z1"], lr)
+        if distribute.is_multi_worker(tf.distribute.get_strategy()):
+            # Keras reduces each log over workers with `strategy.reduce("MEAN", v, axis=0)`,
+            # which fails on a scalar (tensorflow/tensorflow#72388): give it shape [1].
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras's TF trainer reduces a first batch eagerly to build the model symbolically; under
+        # MultiWorkerMirroredStrategy that reduce fails on any nested batch
+        # (keras-team/keras#20585). This model is built in `__init__` and has no compiled loss or
+        # metrics, so there is nothing to build: skip it there.
+        if distribute.is_multi_worker(getattr(self, "_distribute_strategy", None)):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def _torch_train_step(self, data):
         import torch

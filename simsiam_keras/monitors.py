@@ -12,7 +12,7 @@ import warnings
 import keras
 import numpy as np
 
-from simsiam_keras import knn, losses
+from simsiam_keras import distribute, knn, losses
 
 
 class CollapseWarning(UserWarning):
@@ -188,9 +188,10 @@ class CollapseMonitor(keras.callbacks.Callback):
                 f"`SimSiam`. Received: {type(self.model).__name__}"
             )
         z = []
+        features_of, z_of = distribute.local_predict(backbone), distribute.local_predict(projector)
         for start in range(0, len(self.probe_images), self.batch_size):
-            features = backbone.predict_on_batch(self.probe_images[start : start + self.batch_size])
-            z.append(np.asarray(keras.ops.convert_to_numpy(projector.predict_on_batch(features))))
+            features = features_of(self.probe_images[start : start + self.batch_size])
+            z.append(np.asarray(keras.ops.convert_to_numpy(z_of(features))))
         z = np.concatenate(z)
         return float(keras.ops.convert_to_numpy(losses.output_std(z))), z.shape[-1]
 

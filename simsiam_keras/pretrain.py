@@ -8,8 +8,8 @@ resumes from the workdir's last checkpoint when there is one, and writes into th
 backend), `summary.json` and `history.png`.
 """
 
+import contextlib
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -19,10 +19,10 @@ import keras
 import numpy as np
 
 from simsiam_keras import backbones, checkpoint, knn, monitors, report
+from simsiam_keras.distribute import STRATEGIES, is_chief, is_multi_worker, make_strategy
 from simsiam_keras.model import SimSiam
 from simsiam_keras.optim import simsiam_optimizer
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("none", "float16", "bfloat16")
 
 
@@ -107,58 +107,6 @@ def validate(config):
         raise ValueError(f"--warmup_epochs ({c.warmup_epochs}) must be < --epochs ({c.epochs}).")
 
 
-def make_strategy(name):
-    """The distribution for `--strategy` on the active backend; returns (strategy, replicas).
-
-    TensorFlow: `auto` = MirroredStrategy over the local GPUs when there are several, else the
-    default; `one_device`; `mirrored` = MirroredStrategy (SyncBN across replicas);
-    `multi_worker` = MultiWorkerMirroredStrategy from TF_CONFIG (refused for now: it failed in
-    testing). JAX: `auto`/`mirrored` =
-    `keras.distribution.DataParallel` over the local devices (strategy None). PyTorch: one device.
-    """
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_logical_devices("GPU")
-        if name == "one_device" or (name == "auto" and len(gpus) < 2):
-            return None, 1
-        if name == "multi_worker":
-            # Two localhost workers failed inside Keras 3 `fit` ("Attempt to convert a value
-            # (PerReplica ...)") in this project's test: refuse clearly instead of at step one.
-            raise ValueError(
-                "--strategy=multi_worker is not supported yet (Keras 3 fit under "
-                "MultiWorkerMirroredStrategy failed in testing); use mirrored on one machine."
-            )
-        strategy = tf.distribute.MirroredStrategy()
-        return strategy, strategy.num_replicas_in_sync
-    if backend == "jax":
-        if name == "multi_worker":
-            raise ValueError(
-                "--strategy=multi_worker is TensorFlow-only; use KERAS_BACKEND=tensorflow."
-            )
-        devices = keras.distribution.list_devices()
-        if name == "one_device" or len(devices) < 2:
-            return None, 1
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-        return None, len(devices)
-    if name in ("mirrored", "multi_worker"):
-        raise ValueError(
-            f"--strategy={name} is not available on the {backend} backend (one device)."
-        )
-    return None, 1
-
-
-def _is_chief():
-    """True unless TF_CONFIG names this process a worker other than the chief."""
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    task = tf_config.get("task", {})
-    if not task or task.get("type") == "chief":
-        return True
-    has_chief = "chief" in tf_config.get("cluster", {})
-    return task.get("type") == "worker" and task.get("index", 0) == 0 and not has_chief
-
-
 def _git_commit():
     try:
         out = subprocess.run(
@@ -193,7 +141,6 @@ def run(config, log=print):
 
     validate(config)
     c = config
-    blur = c.blur if c.blur is not None else c.image_size > 32
     if c.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(f"mixed_{c.mixed_precision}")
     strategy, replicas = make_strategy(c.strategy)
@@ -204,35 +151,33 @@ def run(config, log=print):
     if steps == 0:
         raise ValueError(f"{source.name} has {source.size} images, fewer than one batch.")
     steps = min(steps, c.steps_per_epoch or steps)
+    chief = is_chief()
     knn_data = None
-    if c.knn_every or c.compare_random_init:
+    if chief and (c.knn_every or c.compare_random_init):  # other workers would only wait
         val = data.load_source(c.dataset, "validation", c.data_dir, c.val_dir, c.image_size)
         if source.labeled and val.labeled:
             knn_data = [data.labeled_dataset(s, 256, c.image_size) for s in (source, val)]
         else:
             log("kNN monitor off: it needs labelled train and validation data.")
     keras.utils.set_random_seed(c.seed)
-    chief = _is_chief()
-    os.makedirs(c.workdir, exist_ok=True)
-    if chief:  # at the start, so a killed run's checkpoints can still be exported
+    if chief:  # config.json at the start, so a killed run's checkpoints can still be exported
+        os.makedirs(c.workdir, exist_ok=True)
         report.write_json(os.path.join(c.workdir, "config.json"), dataclasses.asdict(c))
     ckpt_dir = os.path.join(c.workdir, "checkpoints")
 
-    if strategy is not None:
-        with strategy.scope():
-            model = build_model(c, steps, distributed=True)
-    else:
-        model = build_model(c, steps)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_model(c, steps, distributed=strategy is not None)
     summary = {"random_init_knn_top1": None}
     if c.compare_random_init and knn_data:
         summary["random_init_knn_top1"] = _knn(model.backbone, *knn_data, c.knn_k)
         log(f"kNN top-1 of the random-init encoder: {summary['random_init_knn_top1']:.2f}")
 
-    start_step = 0
     found = checkpoint.latest(ckpt_dir)
+    start_step = checkpoint.read_state(found)["step"] if found else 0
+    if is_multi_worker(strategy):  # before the restore: no worker may be left waiting
+        _check_same_start(strategy, start_step)
     if found:
-        state = checkpoint.restore(found, model)
-        start_step = state["step"]
+        checkpoint.restore(found, model)
         log(f"Resuming from {found} (step {start_step}).")
     total = c.epochs * steps
     history = {}
@@ -249,13 +194,10 @@ def run(config, log=print):
         callbacks.append(keras.callbacks.CSVLogger(os.path.join(c.workdir, "history.csv"),
                                                    append=start_step > 0))  # fmt: skip
         if keras.backend.backend() == "tensorflow":
-            callbacks.append(keras.callbacks.TensorBoard(os.path.join(c.workdir, "tensorboard")))
-
-    def dataset(start):
-        return data.two_view_dataset(
-            source, c.batch_size, c.image_size, blur=blur, seed=c.seed, repeat=True,
-            deterministic=c.deterministic, start_batch=start,
-        )  # fmt: skip
+            # Per-epoch points plus loss, z_std and lr every 100 steps (an ImageNet epoch is
+            # 2,500 steps at batch 512).
+            callbacks.append(_TensorBoard(
+                os.path.join(c.workdir, "tensorboard"), update_freq=min(100, steps)))  # fmt: skip
 
     began = time.time()
     step = start_step
@@ -263,7 +205,8 @@ def run(config, log=print):
         epoch, in_epoch = divmod(step, steps)
         # A resumed run first finishes its epoch, then runs whole epochs.
         logs = model.fit(
-            dataset(step), initial_epoch=epoch, epochs=epoch + 1 if in_epoch else c.epochs,
+            train_dataset(source, c, strategy, start_batch=step), initial_epoch=epoch,
+            epochs=epoch + 1 if in_epoch else c.epochs,
             steps_per_epoch=steps - in_epoch if in_epoch else steps, callbacks=callbacks,
             verbose=2,
         ).history  # fmt: skip
@@ -307,6 +250,58 @@ def run(config, log=print):
     return summary
 
 
+class _TensorBoard(keras.callbacks.TensorBoard):
+    """Keras's TensorBoard with batch points numbered by the global step, across resumes.
+
+    Keras restarts its batch count at every `fit` call; a resumed run calls `fit` again.
+    """
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._global_train_batch = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+
+def _check_same_start(strategy, start_step):
+    """Stops every worker when they would resume from different steps (no shared workdir)."""
+    import tensorflow as tf
+
+    with strategy.scope():
+        steps = strategy.run(lambda: tf.constant([start_step], tf.int64))
+        every = sorted(set(strategy.gather(steps, axis=0).numpy().tolist()))
+    if len(every) > 1:
+        raise ValueError(
+            f"The workers would resume from different steps {every}: --workdir must "
+            "be the same path on storage that every worker reads (only the chief writes)."
+        )
+
+
+def train_dataset(source, config, strategy=None, start_batch=0, shuffle=True):
+    """The repeated two-view batches of `config` from batch `start_batch` on.
+
+    Under multi-worker training each worker reads its own shard of `source`
+    (`distribute_datasets_from_function`), in batches of `batch_size / replicas`; otherwise
+    one pipeline yields global batches, which a MirroredStrategy splits over its replicas.
+    `shuffle=False` keeps the source order (worker w of n then reads images w, w + n, ...).
+    """
+    from simsiam_keras import data
+
+    c = config
+    blur = c.blur if c.blur is not None else c.image_size > 32
+
+    def views(batch_size, input_context=None):
+        return data.two_view_dataset(
+            source, batch_size, c.image_size, blur=blur, seed=c.seed, shuffle=shuffle,
+            repeat=True, deterministic=c.deterministic, input_context=input_context,
+            start_batch=start_batch,
+        )  # fmt: skip
+
+    if not is_multi_worker(strategy):
+        return views(c.batch_size)
+    return strategy.distribute_datasets_from_function(
+        lambda context: views(context.get_per_replica_batch_size(c.batch_size), context)
+    )
+
+
 def build_model(config, steps_per_epoch, distributed=False):
     """The compiled SimSiam of `config` (SyncBN when `distributed`; float16 loss scaling)."""
     c = config
@@ -320,6 +315,9 @@ def build_model(config, steps_per_epoch, distributed=False):
     if c.mixed_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(optimizer=optimizer)
+    # Its variables now, in the caller's strategy scope: creating them is a collective under
+    # multi-worker training, which every worker must join whether or not it then restores.
+    optimizer.build(model.trainable_variables)
     return model
 
 

@@ -1,7 +1,14 @@
-"""A few SimSiam steps on one device or on 2 logical CPU devices (MirroredStrategy, SyncBN).
+"""A few SimSiam steps in one of several distributed set-ups, for tests/test_distributed.py.
 
-Run by tests/test_distributed.py, each mode in its own process (KERAS_NOTES trap 3):
-    python tests/distributed_run.py MODE INIT.npz OUT.npz     (MODE: single | mirrored)
+Each mode runs in its own process (KERAS_NOTES trap 3):
+    python tests/distributed_run.py MODE INIT.npz OUT.npz
+MODE:
+    single    arrays, one device
+    mirrored  arrays, MirroredStrategy on 2 logical CPU devices (SyncBN)
+    pipeline  the real input pipeline (`pretrain.train_dataset`) on the embedded digits, one
+              process, with the kNN and collapse monitors
+    worker    the same under MultiWorkerMirroredStrategy from TF_CONFIG: each worker reads its
+              own shard of the digits through `distribute_datasets_from_function`
 Writes INIT.npz (initial weights) when it does not exist, else starts from it.
 """
 
@@ -9,45 +16,76 @@ import os
 import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf  # noqa: E402
 
+MODE = sys.argv[1]
 STRATEGY = None
-if sys.argv[1] == "mirrored":
+if MODE == "mirrored":
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     STRATEGY = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+if MODE == "worker":  # before any TF op: collectives are configured at startup
+    from simsiam_keras import distribute  # noqa: E402
+
+    STRATEGY, _ = distribute.make_strategy("multi_worker")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from simsiam_keras import pretrain  # noqa: E402
+from simsiam_keras import data, monitors, pretrain  # noqa: E402
+
+STEPS = 3
 
 
-def main(mode, init_path, out_path):
-    keras.utils.set_random_seed(0)
-    config = pretrain.PretrainConfig(
+def _config():
+    return pretrain.PretrainConfig(
         workdir="unused", backbone="resnet18_cifar", width=0.125, image_size=16, dim=32,
-        pred_dim=8, batch_size=16, epochs=1, base_lr=0.5, weight_decay=1e-4,
+        pred_dim=8, batch_size=16, epochs=1, base_lr=0.5, weight_decay=1e-4, deterministic=True,
     )  # fmt: skip
-    rng = np.random.default_rng(0)
-    x1, x2 = (rng.normal(size=(48, 16, 16, 3)).astype("float32") for _ in range(2))
-    dataset = tf.data.Dataset.from_tensor_slices(((x1, x2),)).batch(16)
-    if STRATEGY is not None:
-        assert STRATEGY.num_replicas_in_sync == 2
-        with STRATEGY.scope():
-            model = pretrain.build_model(config, steps_per_epoch=3, distributed=True)
-    else:
-        model = pretrain.build_model(config, steps_per_epoch=3)
+
+
+def _build(config):
+    if STRATEGY is None:
+        return pretrain.build_model(config, steps_per_epoch=STEPS)
+    with STRATEGY.scope():
+        return pretrain.build_model(config, steps_per_epoch=STEPS, distributed=True)
+
+
+def _init(model, init_path):
     if os.path.exists(init_path):
         with np.load(init_path) as f:
             model.set_weights([f[k] for k in sorted(f.files)])
     else:
         np.savez(init_path, **{f"{i:05d}": w for i, w in enumerate(model.get_weights())})
-    history = model.fit(dataset, epochs=1, verbose=0).history
+
+
+def main(init_path, out_path):
+    keras.utils.set_random_seed(0)
+    config = _config()
+    callbacks, extra = [], {}
+    if MODE in ("single", "mirrored"):
+        rng = np.random.default_rng(0)
+        x1, x2 = (rng.normal(size=(48, 16, 16, 3)).astype("float32") for _ in range(2))
+        dataset = tf.data.Dataset.from_tensor_slices(((x1, x2),)).batch(16)
+    else:
+        source = data.embedded_digits("train", config.image_size)
+        dataset = pretrain.train_dataset(source, config, STRATEGY, shuffle=False)
+        val = data.embedded_digits("validation", config.image_size)
+        knn_data = [data.labeled_dataset(s, 256, config.image_size) for s in (source, val)]
+        knn_monitor = monitors.KNNMonitor(*knn_data, k=20)
+        probe = next(iter(knn_data[1]))[0]
+        collapse = monitors.CollapseMonitor(np.asarray(probe))
+        callbacks = [knn_monitor, collapse]
+    model = _build(config)
+    _init(model, init_path)
+    history = model.fit(dataset, epochs=1, steps_per_epoch=STEPS, callbacks=callbacks, verbose=0)
+    if callbacks:
+        extra = {"knn": np.array(knn_monitor.history[-1][1]), "z_std": collapse.history[-1][1]}
     weights = {f"{i:05d}": w for i, w in enumerate(model.get_weights())}
-    np.savez(out_path, loss=np.array(history["loss"]), **weights)
+    np.savez(out_path, loss=np.array(history.history["loss"]), **extra, **weights)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main(*sys.argv[2:])

@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from simsiam_keras import checkpoint
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "pretrain.py")
 SMALL = [
@@ -29,6 +31,8 @@ def _last_json(result):
 
 
 def test_smoke_run_writes_everything(tmp_path):
+    import tensorflow as tf
+
     work = tmp_path / "run"
     summary = _last_json(
         _run(*SMALL, f"--workdir={work}", "--epochs=2", "--steps_per_epoch=2", "--knn_every=1")
@@ -37,7 +41,15 @@ def test_smoke_run_writes_everything(tmp_path):
     for name in ("summary.json", "history.csv", "history.png", "model.keras"):
         assert (work / name).exists(), name
     assert (work / "export" / "backbone" / "saved_model.pb").exists()
-    assert list((work / "tensorboard").iterdir())
+    tags = {}  # TensorBoard: per-epoch and per-step scalars, steps counted globally
+    for events in (work / "tensorboard").glob("train/events*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append(event.step)
+    for name in ("loss", "z_std", "lr", "knn_top1", "probe_z_std"):
+        assert tags.get(f"epoch_{name}") == [0, 1], (name, tags)
+    for name in ("loss", "z_std", "lr"):
+        assert tags.get(f"batch_{name}") == [2, 4], (name, tags)
     saved = json.load(open(work / "summary.json"))
     for key in ("config", "wall_s", "pairs_per_s", "backend", "seed", "versions", "final"):
         assert key in saved, key
@@ -54,7 +66,7 @@ def test_smoke_run_writes_everything(tmp_path):
         (["--train_dir=/no/such/dir"], "image folder not found"),
         (["--dataset=no_such_tfds_name"], "Unknown TFDS dataset"),
         (["--strategy=everything"], "strategy"),
-        (["--strategy=multi_worker"], "multi_worker is not supported yet"),
+        (["--strategy=multi_worker"], "which is not set"),  # no TF_CONFIG
     ],
 )
 def test_bad_flags_stop_with_a_message(tmp_path, args, message):
@@ -62,6 +74,16 @@ def test_bad_flags_stop_with_a_message(tmp_path, args, message):
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "w" / "checkpoints").exists()  # stopped before any work
+
+
+def test_torch_backend_refuses_several_devices(tmp_path):
+    pytest.importorskip("torch")
+    env = dict(os.environ, KERAS_BACKEND="torch")
+    cmd = [sys.executable, SCRIPT, *SMALL, f"--workdir={tmp_path / 'w'}", "--strategy=mirrored"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "not available on the torch backend" in result.stderr, result.stderr[-2000:]
 
 
 def test_workdir_that_is_a_file(tmp_path):
@@ -90,30 +112,70 @@ def _weights(path):
         return [f[k] for k in sorted(f.files)]
 
 
+def _kill_when(cmd, ready, timeout=600):
+    """Starts `cmd`, SIGKILLs it as soon as `ready()` is true; returns whether it was."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    seen = False
+    while time.time() < deadline and proc.poll() is None and not seen:
+        seen = ready()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return seen
+
+
+def _writing(directory):
+    """True while a checkpoint after the first is being written (its temporary dir exists)."""
+
+    def ready():
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return False
+        return "latest" in names and any(n.startswith(".tmp-ckpt-") for n in names)
+
+    return ready
+
+
 def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
-    common = [*SMALL, "--epochs=2", "--steps_per_epoch=4", "--checkpoint_every=1",
+    # dim 2048 makes each checkpoint ~36 MB, so that a kill can land inside a write.
+    common = [*SMALL, "--dim=2048", "--epochs=2", "--steps_per_epoch=4", "--checkpoint_every=1",
               "--deterministic", "--export=false", "--seed=3"]  # fmt: skip
     straight = tmp_path / "straight"
     assert _last_json(_run(*common, f"--workdir={straight}"))["steps"] == 8
-    resumed = tmp_path / "resumed"
-    cmd = [sys.executable, SCRIPT, *common, f"--workdir={resumed}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = resumed / "checkpoints" / "latest"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:  # kill mid-epoch 1 (step 5 of 8)
-        if latest.exists() and latest.read_text() in ("ckpt-5", "ckpt-6"):
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    final = _weights(straight / "checkpoints" / "ckpt-8")
+
+    def resume_and_compare(work):
+        summary = _last_json(_run(*common, f"--workdir={work}"))
+        assert summary["steps"] == 8
+        for x, y in zip(final, _weights(work / "checkpoints" / "ckpt-8")):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+        assert not [n for n in os.listdir(work / "checkpoints") if n.startswith(".tmp")]
+
+    # 1. Killed between steps, mid-epoch 1 (step 5 or 6 of 8).
+    work = tmp_path / "midway"
+    latest = work / "checkpoints" / "latest"
+    cmd = [sys.executable, SCRIPT, *common, f"--workdir={work}"]
+    _kill_when(cmd, lambda: latest.exists() and latest.read_text() in ("ckpt-5", "ckpt-6"))
     killed_at = int(latest.read_text().split("-")[1])
     assert 0 < killed_at < 8
-    summary = _last_json(_run(*common, f"--workdir={resumed}"))
-    assert summary["steps"] == 8
-    a = _weights(straight / "checkpoints" / "ckpt-8")
-    b = _weights(resumed / "checkpoints" / "ckpt-8")
-    for x, y in zip(a, b):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    resume_and_compare(work)
+
+    # 2. Killed while a checkpoint is being written (its temporary directory exists).
+    for attempt in range(3):  # the write can finish before the signal lands: try again
+        work = tmp_path / f"during_write{attempt}"
+        directory = work / "checkpoints"
+        cmd = [sys.executable, SCRIPT, *common, f"--workdir={work}"]
+        if _kill_when(cmd, _writing(directory)) and _writing(directory)():
+            break
+    else:
+        pytest.fail("three kills all missed a checkpoint write")
+    print(f"killed during a write at attempt {attempt + 1}")
+    usable = checkpoint.latest(str(directory))  # the one before the killed write, intact
+    assert usable is not None and checkpoint.read_state(usable)["step"] < 8
+    with np.load(os.path.join(usable, "model.weights.npz")) as f:
+        assert all(np.isfinite(f[k]).all() for k in f.files)
+    resume_and_compare(work)
 
 
 def test_quickstart_pretrained_encoder_beats_random_init(tmp_path):

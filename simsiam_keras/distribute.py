@@ -1,0 +1,128 @@
+"""Choosing the distribution per backend, and the few places where multi-worker training differs.
+
+`make_strategy(name)` maps `--strategy` to what the active backend offers:
+
+- `auto`: TensorFlow, MirroredStrategy over the local GPUs when there are 2+, else one device;
+  JAX, DataParallel over the local devices when there are 2+; PyTorch, one device.
+- `one_device`: one device on every backend.
+- `mirrored`: TensorFlow, MirroredStrategy (SyncBN across replicas); JAX, DataParallel;
+  PyTorch, an error.
+- `multi_worker`: TensorFlow, MultiWorkerMirroredStrategy from `TF_CONFIG`; elsewhere an error.
+
+Multi-worker training (TF backend) needs two workarounds for Keras 3, both measured on
+keras 3.15 / TF 2.21 with two localhost workers (tests/test_distributed.py): `SimSiam`
+reshapes its logs and skips Keras's symbolic build (see `model.py`), and inference for the
+monitors goes through `local_predict`, because `predict_on_batch` under
+MultiWorkerMirroredStrategy gathers every worker's outputs (8 images in, 16 rows out with two
+workers) and is a collective that every worker must join.
+"""
+
+import json
+import os
+import weakref
+
+import keras
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+_LOCAL_CALLS = weakref.WeakKeyDictionary()
+
+
+def make_strategy(name):
+    """The distribution for `--strategy` on the active backend (list above).
+
+    Under TensorFlow a `tf.distribute` strategy is returned, for the caller to build the model
+    in its scope; under JAX, DataParallel is installed globally with
+    `keras.distribution.set_distribution` and the strategy returned is None.
+    MultiWorkerMirroredStrategy must be created before TensorFlow runs any op ("Collective ops
+    must be configured at program startup"): call this first.
+
+    Args:
+        name: one of `STRATEGIES`.
+
+    Returns:
+        `(strategy or None, number of replicas in sync)`.
+
+    Raises:
+        ValueError: for an unknown name or one the backend cannot do.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"--strategy must be one of {STRATEGIES}; got {name!r}.")
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if name == "multi_worker":
+            if not os.environ.get("TF_CONFIG"):
+                raise ValueError(
+                    "--strategy=multi_worker reads the cluster from the TF_CONFIG environment "
+                    "variable, which is not set (README, 'Several machines')."
+                )
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            return strategy, strategy.num_replicas_in_sync
+        gpus = tf.config.list_logical_devices("GPU")
+        if name == "one_device" or (name == "auto" and len(gpus) < 2):
+            return None, 1
+        strategy = tf.distribute.MirroredStrategy()
+        return strategy, strategy.num_replicas_in_sync
+    if backend == "jax":
+        if name == "multi_worker":
+            raise ValueError(
+                "--strategy=multi_worker is TensorFlow-only; use KERAS_BACKEND=tensorflow."
+            )
+        devices = keras.distribution.list_devices()
+        if name == "one_device" or len(devices) < 2:
+            return None, 1
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        return None, len(devices)
+    if name in ("mirrored", "multi_worker"):
+        raise ValueError(
+            f"--strategy={name} is not available on the {backend} backend, which trains on "
+            "one device here; use KERAS_BACKEND=tensorflow (mirrored, multi_worker) or jax "
+            "(mirrored)."
+        )
+    return None, 1
+
+
+def is_chief():
+    """True unless `TF_CONFIG` names this process a worker other than the chief.
+
+    Only the chief writes checkpoints, logs, summaries and exports. Without a `chief` task in
+    the cluster, worker 0 is the chief (TensorFlow's convention).
+    """
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = tf_config.get("task", {})
+    if not task or task.get("type") == "chief":
+        return True
+    has_chief = "chief" in tf_config.get("cluster", {})
+    return task.get("type") == "worker" and task.get("index", 0) == 0 and not has_chief
+
+
+def is_multi_worker(strategy):
+    """True for a TF MultiWorkerMirroredStrategy that spans several workers."""
+    if strategy is None or keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+        strategy.extended._in_multi_worker_mode()
+    )
+
+
+def local_predict(model):
+    """A function `images -> outputs` running `model` in inference mode on this worker only.
+
+    `predict_on_batch` (compiled, no autograd) except under multi-worker training, where it
+    would gather all workers' outputs; there a `tf.function` of the plain call, which reads the
+    local copy of each variable and starts no collective.
+    """
+    strategy = getattr(model, "_distribute_strategy", None)
+    if not is_multi_worker(strategy):
+        return model.predict_on_batch
+    import tensorflow as tf
+
+    call = _LOCAL_CALLS.get(model)
+    if call is None:  # one traced function per model, reused by every evaluation
+        ref = weakref.ref(model)  # the cache must not keep the model alive
+        call = tf.function(lambda images: ref()(images, training=False), reduce_retracing=True)
+        _LOCAL_CALLS[model] = call
+    return lambda images: call(tf.convert_to_tensor(images, tf.float32))
