@@ -245,7 +245,9 @@ def run(config, log=print):
             history["knn_top1"] = [v for _, v in knn_monitor.history]
             history["knn_top1_epochs"] = [e for e, _ in knn_monitor.history]
         history["probe_z_std"] = [v for _, v in collapse.history]
-        report.plot_history(history, os.path.join(c.workdir, "history.png"), "SimSiam pretraining")
+        # history.csv holds the epochs of earlier (killed) processes of a resumed run too.
+        plotted = report.read_csv_history(os.path.join(c.workdir, "history.csv")) or history
+        report.plot_history(plotted, os.path.join(c.workdir, "history.png"), "SimSiam pretraining")
         report.write_json(os.path.join(c.workdir, "summary.json"), summary)
     return summary
 

@@ -1,5 +1,6 @@
 """Results for people: a JSON file and a PNG plot of the training curves in the workdir."""
 
+import csv
 import json
 import math
 import os
@@ -32,7 +33,7 @@ def plot_history(history, path, title="SimSiam"):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in PLOTTED if history.get(n)]
+    names = [n for n in PLOTTED if any(v is not None for v in history.get(n) or ())]
     if not names:
         return None
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
@@ -49,6 +50,41 @@ def plot_history(history, path, title="SimSiam"):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def read_csv_history(path):
+    """The epochs of a `CSVLogger` file as a `plot_history` dict, across resumed runs.
+
+    A resumed run appends to the file, so it holds every epoch, where the `History` of the
+    last process holds only its own. Columns that are empty or "NA" on an epoch (the kNN
+    monitor runs every N epochs) give None there.
+
+    Returns:
+        `{column: [float or None], f"{column}_epochs": [epoch numbers from 1]}`, or None when
+        the file is missing or has no rows.
+    """
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return None
+    if not rows:
+        return None
+
+    def number(text):
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            return None
+        return None if math.isnan(value) else value
+
+    epochs = [int(row["epoch"]) + 1 for row in rows]
+    history = {}
+    for name in rows[0]:
+        if name != "epoch":
+            history[name] = [number(row.get(name)) for row in rows]
+            history[f"{name}_epochs"] = epochs
+    return history
 
 
 def json_line(results):

@@ -160,3 +160,19 @@ def test_report_json_and_plot(tmp_path):
     assert report.plot_history(history, str(tmp_path / "h.png"))
     assert (tmp_path / "h.png").stat().st_size > 1000
     assert report.plot_history({}, str(tmp_path / "none.png")) is None
+
+
+def test_read_csv_history_spans_a_resumed_run(tmp_path):
+    # What CSVLogger writes: a first process (epochs 0-1), then a resumed one appending epoch 2;
+    # the kNN column is empty where the monitor did not run.
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,knn_top1,loss\n0,20.5,-0.1\n1,NA,-0.4\n2,41.0,-0.6\n")
+    history = report.read_csv_history(str(path))
+    assert history["loss"] == [-0.1, -0.4, -0.6] and history["loss_epochs"] == [1, 2, 3]
+    assert history["knn_top1"] == [20.5, None, 41.0]
+    assert report.plot_history(history, str(tmp_path / "h.png"))
+    assert report.read_csv_history(str(tmp_path / "missing.csv")) is None
+    (tmp_path / "empty.csv").write_text("epoch,loss\n")
+    assert report.read_csv_history(str(tmp_path / "empty.csv")) is None
+    # A column with no value at all gets no panel (here: nothing to plot).
+    assert report.plot_history({"loss": [None, None]}, str(tmp_path / "n.png")) is None
