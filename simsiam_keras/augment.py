@@ -304,12 +304,16 @@ def augment_cropped(image, seed, blur=True, compiled=False):
     return (_compiled_augment_cropped if compiled else _augment_cropped)(image, seed, blur)
 
 
-def eval_view(image, size, resize_ratio=256 / 224):
-    """Evaluation transform: resize the short side to size * 256/224, centre-crop `size`.
+def eval_view(image, size, resize_ratio=None):
+    """Evaluation transform: resize the short side to size * resize_ratio, centre-crop `size`.
 
-    At 224 this is the standard resize 256 + centre crop 224; other sizes keep the same shape of
-    transform, so a folder of any image size works.
+    `resize_ratio` None: 256/224 above 32 px (at 224 the standard resize 256 + centre crop 224;
+    other sizes keep the same shape of transform, so a folder of any image size works), and 1 at
+    32 px and below, the CIFAR protocol (App. D; the official CIFAR code and the PyTorch quality
+    peer evaluate 32x32 images as they are, where 256/224 would zoom in by 14%).
     """
+    if resize_ratio is None:
+        resize_ratio = 256 / 224 if size > 32 else 1.0
     image = tf.convert_to_tensor(image, tf.float32)
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     short = tf.cast(tf.round(size * resize_ratio), tf.float32)

@@ -162,6 +162,15 @@ def test_eval_view_resizes_short_side_and_centre_crops():
     assert out.shape == (16, 16, 3)
     small = augment.eval_view(_image(5, 7), 16).numpy()  # smaller than the crop: upsampled
     assert small.shape == (16, 16, 3)
+    # At CIFAR size (<= 32 px) a 32x32 image is used as it is (App. D), only normalised.
+    cifar = _image(32, 32)
+    expected = (cifar - np.array(augment.IMAGENET_MEAN)) / np.array(augment.IMAGENET_STD)
+    np.testing.assert_allclose(augment.eval_view(cifar, 32).numpy(), expected, atol=1e-5)
+    # Above 32 px: short side to size * 256/224 (a 64x128 image -> 73x146), centre crop 64.
+    big = _image(64, 128)
+    resized = tf.image.resize(big, (73, 146), antialias=True).numpy()[4:68, 41:105]
+    expected = (np.clip(resized, 0, 1) - augment.IMAGENET_MEAN) / np.array(augment.IMAGENET_STD)
+    np.testing.assert_allclose(augment.eval_view(big, 64).numpy(), expected, atol=1e-5)
 
 
 def _params(n, blur=True):
