@@ -52,11 +52,7 @@ def make_strategy(name):
         import tensorflow as tf
 
         if name == "multi_worker":
-            if not os.environ.get("TF_CONFIG"):
-                raise ValueError(
-                    "--strategy=multi_worker reads the cluster from the TF_CONFIG environment "
-                    "variable, which is not set (README, 'Several machines')."
-                )
+            _check_tf_config(os.environ.get("TF_CONFIG"))
             strategy = tf.distribute.MultiWorkerMirroredStrategy()
             return strategy, strategy.num_replicas_in_sync
         gpus = tf.config.list_logical_devices("GPU")
@@ -81,6 +77,35 @@ def make_strategy(name):
             "(mirrored)."
         )
     return None, 1
+
+
+def _check_tf_config(text):
+    """Raises ValueError naming what is wrong with `TF_CONFIG` for multi-worker training."""
+    where = "(README, 'Several machines')"
+    if not text:
+        raise ValueError(
+            "--strategy=multi_worker reads the cluster from the TF_CONFIG environment "
+            f"variable, which is not set {where}."
+        )
+    try:
+        tf_config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({e}) {where}.") from None
+    cluster = tf_config.get("cluster") if isinstance(tf_config, dict) else None
+    task = tf_config.get("task") if isinstance(tf_config, dict) else None
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise ValueError(f"TF_CONFIG needs a 'cluster' and a 'task' object {where}.")
+    members = cluster.get(task.get("type"))
+    index = task.get("index", 0)
+    if (
+        not isinstance(members, list)
+        or not isinstance(index, int)
+        or not (0 <= index < len(members))
+    ):
+        raise ValueError(
+            f"TF_CONFIG's task {task!r} is not one of its cluster's members "
+            f"{sorted(cluster)} {where}."
+        )
 
 
 def is_chief():

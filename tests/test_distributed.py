@@ -115,6 +115,7 @@ def test_two_workers_equal_each_other_and_one_process(tmp_path):
     assert worst < 1e-4, worst
     moved = _max_difference(single, np.load(init))
     assert moved > 100 * worst, (moved, worst)
+    print(f"two workers vs one process: max weight difference {worst:.2g}, moved {moved:.2g}")
     # The monitors ran on each worker's local copy (predict_on_batch would gather both).
     np.testing.assert_allclose(first["knn"], single["knn"], atol=1e-6)
     # (BN moving statistics differ in the last bits: measured up to 5e-4 relative.)

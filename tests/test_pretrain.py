@@ -77,6 +77,25 @@ def test_bad_flags_stop_with_a_message(tmp_path, args, message):
     assert not (tmp_path / "w" / "checkpoints").exists()  # stopped before any work
 
 
+@pytest.mark.parametrize(
+    "tf_config, message",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"cluster": {"worker": ["localhost:1"]}}', "needs a 'cluster' and a 'task'"),
+        (
+            '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 1}}',
+            "is not one of its cluster's members",
+        ),  # fmt: skip
+    ],
+)
+def test_multi_worker_bad_tf_config_stops_with_a_message(monkeypatch, tf_config, message):
+    from simsiam_keras import distribute
+
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ValueError, match=message):
+        distribute.make_strategy("multi_worker")
+
+
 def test_torch_backend_refuses_several_devices(tmp_path):
     pytest.importorskip("torch")
     env = dict(os.environ, KERAS_BACKEND="torch")
