@@ -207,3 +207,66 @@ def test_device_mode_yields_unaugmented_crops():
 def test_bad_batch_size():
     with pytest.raises(ValueError, match="batch_size"):
         data.two_view_dataset(data.embedded_digits(), batch_size=0, image_size=16)
+
+
+@pytest.fixture(scope="module")
+def sorted_folder(tmp_path_factory):
+    """10 classes x 500 tiny PNGs, listed class by class (as ImageNet's folders are)."""
+    root = tmp_path_factory.mktemp("sorted")
+    pixels = np.zeros((4, 4, 3), np.uint8)
+    for c in range(10):
+        os.makedirs(root / f"class{c}")
+        for i in range(500):
+            Image.fromarray(pixels + c).save(root / f"class{c}" / f"{i:03d}.png")
+    return str(root)
+
+
+def _labels(ds, batches):
+    return [y.numpy() for _, y in ds.take(batches)]
+
+
+def test_every_epoch_is_a_full_random_permutation(sorted_folder, monkeypatch):
+    from scipy import stats
+
+    # A buffer of 10% of the data, as 10,000 is of a 100,000-image folder: the old buffer
+    # shuffle gave batches of 1-2 neighbouring classes here.
+    monkeypatch.setattr(data, "STREAM_SHUFFLE_BUFFER", 500)
+    source = data.image_folder(sorted_folder, labeled=True)
+    assert source.size == 5000 and source.items is not None
+
+    def stream(start_batch=0):
+        return data.labeled_dataset(
+            source, 100, 4, train=True, seed=3, repeat=True, deterministic=True,
+            start_batch=start_batch,
+        )  # fmt: skip
+
+    batches = _labels(stream(), 100)  # two epochs of 50 batches
+    assert len(set(batches[0])) >= 9  # the first batch already mixes (nearly) all classes
+    epochs = [np.concatenate(batches[:50]), np.concatenate(batches[50:])]
+    for epoch in epochs:  # every image once per epoch
+        np.testing.assert_array_equal(np.bincount(epoch, minlength=10), [500] * 10)
+    assert (epochs[0] != epochs[1]).mean() > 0.5  # a new order every epoch
+    # Per-batch class counts against uniform sampling: chi-square over 50 batches x 10 classes.
+    counts = np.stack([np.bincount(b, minlength=10) for b in batches[:50]])
+    chi2 = ((counts - 10.0) ** 2 / 10.0).sum()
+    p_value = stats.chi2.sf(chi2, df=49 * 9)
+    print(f"chi2 {chi2:.1f} on {49 * 9} dof, p {p_value:.3f}")
+    assert p_value > 1e-3
+    # Resuming at batch 73 (mid second epoch) gives exactly the uninterrupted stream.
+    resumed = _labels(stream(start_batch=73), 27)
+    np.testing.assert_array_equal(np.concatenate(resumed), np.concatenate(batches[73:]))
+    # Two workers: disjoint halves of the same permutation, together the whole folder.
+    halves = []
+    for worker in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker)
+        ds = data._prepare(source, 3, True, context, repeat=False)
+        halves.append([p.numpy().decode() for _, (p, _) in ds])
+    assert len(halves[0]) == len(halves[1]) == 2500
+    assert sorted(halves[0] + halves[1]) == sorted(source.items.tolist())
+
+
+def test_unrepeated_dataset_reshuffles_every_iteration():
+    source = data.embedded_digits("test", image_size=8)
+    ds = data.labeled_dataset(source, 297, 8, train=True, drop_remainder=False)
+    first, second = (next(iter(ds))[1].numpy() for _ in range(2))
+    assert sorted(first) == sorted(second) and (first != second).mean() > 0.5
