@@ -237,3 +237,52 @@ def backbone_knn_accuracy(
     return knn_accuracy(
         train_features, train_labels, val_features, val_labels, num_classes, k, temperature
     )
+
+
+def _batch_norm_layers(model):
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif hasattr(layer, "layers"):
+            found += _batch_norm_layers(layer)
+    return found
+
+
+def recalibrated_copy(backbone, dataset, max_batches=20, batch_size=256):
+    """A copy of `backbone` whose BN moving statistics are recomputed on `dataset`.
+
+    The fair random-init baseline for kNN or linear evaluation: a freshly built network has
+    BN moving mean 0 and variance 1, far from its real activation statistics, so its
+    inference-mode features are poor for a reason that has nothing to do with learning. Any
+    training run, even at a loss of 0, fixes that within its first few dozen steps (the
+    moving averages follow the batches). Measured on the quickstart (digits, 32 px, seed 0):
+    random-init kNN top-1 41.1 with the built statistics and 57.9 after one epoch of 11 steps
+    at a loss of -0.002, which was BN adapting, not self-supervised learning. This copy runs
+    `max_batches` forward passes in training mode, with no weight update, and sets each BN
+    layer's moving mean and variance to the average of its batch statistics ("precise BN").
+
+    Args:
+        backbone: a `keras.Model` (left unchanged).
+        dataset: `(images, labels)` batches, as `extract_features` takes them.
+        max_batches: number of batches to average over.
+        batch_size: batch size when `dataset` is a pair of arrays.
+
+    Returns:
+        A new `keras.Model` with the weights of `backbone` and recomputed BN statistics.
+    """
+    copy = keras.models.clone_model(backbone)
+    copy.set_weights(backbone.get_weights())
+    layers = _batch_norm_layers(copy)
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for i, (images, _) in enumerate(_batches(dataset, batch_size)):
+            if i == max_batches:
+                break
+            for layer in layers:  # moving = m * moving + (1 - m) * batch: a running mean
+                layer.momentum = i / (i + 1)
+            copy(keras.ops.convert_to_tensor(images), training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return copy

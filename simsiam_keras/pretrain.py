@@ -244,7 +244,7 @@ def run(config, log=print):
         if knn_monitor:
             history["knn_top1"] = [v for _, v in knn_monitor.history]
             history["knn_top1_epochs"] = [e for e, _ in knn_monitor.history]
-        history["probe_z_std"] = [v for _, v in collapse.history]
+        history["probe_z_std"] = [v for _, v in collapse.probe_history]
         # history.csv holds the epochs of earlier (killed) processes of a resumed run too.
         plotted = report.read_csv_history(os.path.join(c.workdir, "history.csv")) or history
         report.plot_history(plotted, os.path.join(c.workdir, "history.png"), "SimSiam pretraining")

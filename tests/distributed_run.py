@@ -82,7 +82,10 @@ def main(init_path, out_path):
     _init(model, init_path)
     history = model.fit(dataset, epochs=1, steps_per_epoch=STEPS, callbacks=callbacks, verbose=0)
     if callbacks:
-        extra = {"knn": np.array(knn_monitor.history[-1][1]), "z_std": collapse.history[-1][1]}
+        extra = {
+            "knn": np.array(knn_monitor.history[-1][1]),
+            "z_std": collapse.probe_history[-1][1],
+        }
     weights = {f"{i:05d}": w for i, w in enumerate(model.get_weights())}
     np.savez(out_path, loss=np.array(history.history["loss"]), **extra, **weights)
 

@@ -1,9 +1,21 @@
 """The paper's Fig. 2 mechanism on a real (small) ResNet: without stop-gradient SimSiam collapses.
 
-Measured on a fixed probe batch in inference mode, because the projector's final non-affine BN
-re-standardises every channel in training mode and so hides a collapse there.
+The signal is the paper's: the per-channel std of z/||z|| during training (`z_std`, logged by
+`SimSiam` every step), in units of its healthy value 1/sqrt(dim). Measured with this test's
+set-up (16 epochs of 8 steps), seeds 0-2 under `TF_ENABLE_ONEDNN_OPTS=0` and `=1` (the CPU
+kernel paths differ, and 128 steps amplify the last-bit differences):
+
+- with stop-gradient: z_std between 0.91 and 1.00 in every epoch of every run; loss -0.31 to
+  -0.38 at the end;
+- without: z_std averaged 0.36-0.50 over the last 4 epochs, loss -0.85 to -0.93 over them;
+  the `CollapseMonitor` (defaults: below 0.6 for 3 epochs) warned by epoch 7-10.
+
+The thresholds below sit between those ranges with a margin on both sides. The inference-mode
+probe value (`probe_z_std`) is not asserted: on the same runs it swung between 0.07 and 0.99
+on the collapsing side, depending on the kernel path.
 """
 
+import math
 import warnings
 
 import keras
@@ -11,7 +23,10 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 import simsiam_keras as sk
-from simsiam_keras import losses, monitors
+from simsiam_keras import monitors
+
+EPOCHS = 16
+DIM = 128
 
 
 def _digits(n=512, size=16):
@@ -31,12 +46,12 @@ def _view(images, rng):
     return ((out - 0.5) / 0.25).astype("float32")
 
 
-def _train(stop_gradient, images, epochs=12):
-    keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
+def _train(stop_gradient, images, seed=0, epochs=EPOCHS):
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
     backbone = sk.build_resnet("resnet18_cifar", width=0.25, image_size=16)
     model = sk.SimSiam(
-        backbone, dim=128, pred_dim=32, projector_layers=2, stop_gradient=stop_gradient
+        backbone, dim=DIM, pred_dim=32, projector_layers=2, stop_gradient=stop_gradient
     )
     steps = len(images) // 64
     model.compile(
@@ -44,37 +59,32 @@ def _train(stop_gradient, images, epochs=12):
             base_lr=0.8, batch_size=64, epochs=10 * epochs, steps_per_epoch=steps, weight_decay=5e-4
         )
     )
-    history = {"loss": []}
-    probe = _view(images[:256], np.random.default_rng(1))
-    # patience 2, not the default 3: this small run collapses only in its last epochs (the
-    # monitor's docstring has the measured values).
-    monitor = monitors.CollapseMonitor(probe, patience=2)
+    monitor = monitors.CollapseMonitor()  # the defaults a pretraining run uses
+    history = {"loss": [], "z_std": []}
     for _ in range(epochs):  # fresh random views every epoch
         x1, x2 = _view(images, rng), _view(images, rng)
         logs = model.fit(
             (x1, x2), batch_size=64, epochs=1, shuffle=False, verbose=0, callbacks=[monitor]
         ).history
         history["loss"] += logs["loss"]
-    z = model.projector(model.backbone(probe, training=False), training=False)
-    history["monitor"] = monitor
-    return history, float(keras.ops.convert_to_numpy(losses.output_std(z)))
+        history["z_std"] += [s * math.sqrt(DIM) for s in logs["z_std"]]  # 1 = healthy
+    return history, monitor
 
 
 def test_removing_stop_gradient_collapses_and_keeping_it_does_not():
     images = _digits()
-    logs_sg, std_sg = _train(True, images)
+    sg, monitor_sg = _train(True, images)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", monitors.CollapseWarning)
-        logs_nosg, std_nosg = _train(False, images)
-    dim = 128
-    print(
-        f"stop-grad: loss {logs_sg['loss']}, probe z_std {std_sg:.4f}; "
-        f"no stop-grad: loss {logs_nosg['loss']}, probe z_std {std_nosg:.4f}"
-    )
-    assert logs_nosg["loss"][-1] < -0.9  # Fig. 2 left: the loss heads to its minimum, -1
-    assert std_nosg < 0.25 * std_sg  # Fig. 2 middle: the output std collapses
-    assert std_sg > 0.4 / np.sqrt(dim)  # with stop-gradient it stays near 1/sqrt(d)
-    # The collapse monitor warns on the ablation and stays silent on the real recipe.
-    assert logs_nosg["monitor"].collapsed, logs_nosg["monitor"].history
+        nosg, monitor_nosg = _train(False, images)
+    for name, h in (("stop-grad", sg), ("no stop-grad", nosg)):
+        print(f"{name}: loss {np.round(h['loss'], 3)}, z_std x sqrt(dim) {np.round(h['z_std'], 2)}")
+    # Fig. 2 left: without stop-gradient the loss heads to its minimum, -1.
+    assert np.mean(nosg["loss"][-4:]) < -0.75
+    # Fig. 2 middle: its output std collapses; with stop-gradient it stays near 1/sqrt(d).
+    assert np.mean(nosg["z_std"][-4:]) < 0.65
+    assert min(sg["z_std"]) > 0.85
+    # The collapse monitor warns once on the ablation and stays silent on the real recipe.
+    assert monitor_nosg.collapsed, monitor_nosg.history
     assert sum(issubclass(w.category, monitors.CollapseWarning) for w in caught) == 1
-    assert not logs_sg["monitor"].collapsed, logs_sg["monitor"].history
+    assert not monitor_sg.collapsed, monitor_sg.history

@@ -2,6 +2,7 @@
 
 import csv
 import math
+import types
 import warnings
 
 import keras
@@ -112,6 +113,7 @@ def test_collapse_monitor_warns_once_on_a_collapsed_model():
     bn.trainable = False
     monitor, history, caught = _fit_with_collapse_monitor(model, epochs=6)
     assert history["probe_z_std"] == pytest.approx([0.0] * 6, abs=1e-6)
+    assert [std for _, std in monitor.history] == pytest.approx([0.0] * 6, abs=1e-6)
     assert len(caught) == 1  # patience 3: at epoch 3, and not again at epochs 4-6
     assert monitor.collapsed and monitor.collapse_epoch == 3
     message = str(caught[0].message)
@@ -127,36 +129,26 @@ def test_collapse_monitor_is_silent_on_a_healthy_model():
     # Once the BN statistics follow the data the random network spreads its outputs: near
     # 1/sqrt(dim), as a healthy run (paper Sec. 4.1).
     assert 0.8 * healthy < history["probe_z_std"][-1] < 1.1 * healthy
+    assert 0.8 * healthy < monitor.history[-1][1] < 1.1 * healthy  # the training-time value
     assert caught == [] and not monitor.collapsed and monitor.collapse_epoch is None
     assert [epoch for epoch, _ in monitor.history] == [1, 2, 3, 4, 5]
 
 
-class _ScriptedCollapseMonitor(monitors.CollapseMonitor):
-    """Replays a fixed sequence of probe stds (dim 100: healthy 0.1, threshold 0.03)."""
-
-    def __init__(self, stds, **kwargs):
-        super().__init__(np.zeros((2, 1, 1, 3), np.float32), **kwargs)
-        self._stds = iter(stds)
-
-    def probe_z_std(self):
-        return next(self._stds), 100
-
-
 @pytest.mark.multibackend
 def test_collapse_monitor_needs_patience_consecutive_epochs_and_warns_once():
-    low, ok = 0.005, 0.08
+    low, ok = 0.005, 0.08  # dim 100: healthy 0.1, threshold 0.05
     stds = [ok, low, low, ok, low, low, low, low, ok, low, low, low]
-    monitor = _ScriptedCollapseMonitor(stds, patience=3)
-    logs_seen = []
+    monitor = monitors.CollapseMonitor(patience=3)
+    monitor.set_model(types.SimpleNamespace(dim=100))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for epoch in range(len(stds)):
-            logs = {}
-            monitor.on_epoch_end(epoch, logs)
-            logs_seen.append(logs["probe_z_std"])
-    assert logs_seen == stds
+        for epoch, std in enumerate(stds):
+            monitor.on_epoch_end(epoch, {"z_std": np.float32(std)})
+    assert [std for _, std in monitor.history] == pytest.approx(stds)
     assert len(caught) == 1 and issubclass(caught[0].category, monitors.CollapseWarning)
     assert monitor.collapse_epoch == 7  # the dip at epochs 2-3 was too short
+    with pytest.raises(ValueError, match="z_std"):
+        monitor.on_epoch_end(12, {"loss": -0.5})
 
 
 @pytest.mark.multibackend
