@@ -42,7 +42,7 @@ def _batches(dataset, batch_size):
         yield element[0], element[1]
 
 
-def extract_features(backbone, dataset, batch_size=256):
+def extract_features(backbone, dataset, batch_size=256, normalize=True):
     """Pooled backbone features of a labelled dataset, in inference mode, L2-normalised.
 
     Args:
@@ -54,6 +54,7 @@ def extract_features(backbone, dataset, batch_size=256):
             `batch_size`. Images must already be preprocessed the way the backbone expects
             (resized and normalised); extra element entries (e.g. sample weights) are ignored.
         batch_size: batch size when `dataset` is a pair of arrays; ignored otherwise.
+        normalize: L2-normalise each row (False: the raw pooled features).
 
     Returns:
         `(features, labels)`: float32 `[N, C]` with unit L2 norm per row, and int64 `[N]`.
@@ -80,7 +81,7 @@ def extract_features(backbone, dataset, batch_size=256):
                 "The backbone must map a batch of images to [N, C] features, one per label. "
                 f"Received features of shape {out.shape} for {labels.shape[0]} labels"
             )
-        features.append(_l2_normalize(out))
+        features.append(_l2_normalize(out) if normalize else out.astype(np.float32))
         all_labels.append(labels.astype(np.int64))
     if not features:
         raise ValueError("`dataset` yielded no batches.")
