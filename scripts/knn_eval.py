@@ -21,7 +21,9 @@ _DATASET = flags.DEFINE_string("dataset", "digits", "'digits' (embedded) or a TF
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 _TRAIN_DIR = flags.DEFINE_string("train_dir", None, "Labelled image folder (the kNN memory).")
 _VAL_DIR = flags.DEFINE_string("val_dir", None, "Labelled image folder (the queries).")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 32, "Input height and width.")
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", None, "Input height and width (default: the size the model was built for)."
+)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Feature batch size.")
 _K = flags.DEFINE_integer("k", 200, "Neighbours.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.2, "Vote temperature.")
@@ -32,7 +34,7 @@ def main(argv):
     if not _PRETRAINED.value or not os.path.exists(_PRETRAINED.value):
         raise app.UsageError(f"--pretrained: not found: {_PRETRAINED.value!r}")
     for name in ("image_size", "batch_size", "k"):
-        if flags.FLAGS[name].value <= 0:
+        if flags.FLAGS[name].value is not None and flags.FLAGS[name].value <= 0:
             raise app.UsageError(f"--{name} must be positive; got {flags.FLAGS[name].value}.")
     if _TEMPERATURE.value <= 0:
         raise app.UsageError("--temperature must be positive.")
@@ -44,6 +46,9 @@ def main(argv):
     size, batch = _IMAGE_SIZE.value, _BATCH_SIZE.value
     try:
         backbone = linear.load_backbone(_PRETRAINED.value, size)
+        size = size or linear.input_size(backbone)
+        if size is None:
+            raise ValueError(f"{_PRETRAINED.value!r} takes any input size: give --image_size.")
         train = data.load_source(_DATASET.value, "train", _DATA_DIR.value, _TRAIN_DIR.value, size)
         val = data.load_source(_DATASET.value, "validation", _DATA_DIR.value, _VAL_DIR.value, size)
         datasets = [data.labeled_dataset(s, batch, size) for s in (train, val)]

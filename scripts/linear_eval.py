@@ -30,7 +30,9 @@ _DATASET = flags.DEFINE_string("dataset", "digits", "'digits' (embedded) or a TF
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 _TRAIN_DIR = flags.DEFINE_string("train_dir", None, "Labelled image folder <class>/<image>.")
 _VAL_DIR = flags.DEFINE_string("val_dir", None, "Labelled validation image folder.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 32, "Input height and width.")
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", None, "Input height and width (default: the size the model was built for)."
+)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Global batch size.")
 _EPOCHS = flags.DEFINE_integer("epochs", 10, "Epochs (paper: 90).")
 _OPTIMIZER = flags.DEFINE_enum("optimizer", "lars", ["lars", "sgd"], "LARS or plain SGD.")
@@ -55,7 +57,7 @@ def _validate():
     if not os.path.exists(_PRETRAINED.value):
         raise app.UsageError(f"--pretrained: not found: {_PRETRAINED.value!r}")
     for name in ("image_size", "batch_size", "epochs"):
-        if flags.FLAGS[name].value <= 0:
+        if flags.FLAGS[name].value is not None and flags.FLAGS[name].value <= 0:
             raise app.UsageError(f"--{name} must be positive; got {flags.FLAGS[name].value}.")
     if _STEPS.value is not None and _STEPS.value <= 0:
         raise app.UsageError("--steps_per_epoch must be positive.")
@@ -83,6 +85,9 @@ def main(argv):
     size, batch = _IMAGE_SIZE.value, _BATCH_SIZE.value
     try:
         backbone = linear.load_backbone(_PRETRAINED.value, size)
+        size = size or linear.input_size(backbone)
+        if size is None:
+            raise ValueError(f"{_PRETRAINED.value!r} takes any input size: give --image_size.")
         train = data.load_source(_DATASET.value, "train", _DATA_DIR.value, _TRAIN_DIR.value, size)
         val = data.load_source(_DATASET.value, "validation", _DATA_DIR.value, _VAL_DIR.value, size)
         for source in (train, val):

@@ -209,3 +209,16 @@ def load_backbone(path, image_size=None):
             f"The backbone in {path!r} takes {shape[1]} px images, not --image_size={image_size}."
         )
     return backbone
+
+
+def input_size(backbone):
+    """The square input size a backbone was built or exported for, or None if it takes any.
+
+    Args:
+        backbone: a model from `load_backbone`.
+
+    Returns:
+        The height (= width) in pixels, or None.
+    """
+    shape = getattr(backbone, "input_shape", None)
+    return int(shape[1]) if shape and len(shape) == 4 and shape[1] is not None else None

@@ -160,6 +160,8 @@ def run(config, log=print):
         else:
             log("kNN monitor off: it needs labelled train and validation data.")
     keras.utils.set_random_seed(c.seed)
+    if c.deterministic:
+        _deterministic_kernels()
     if chief:  # config.json at the start, so a killed run's checkpoints can still be exported
         os.makedirs(c.workdir, exist_ok=True)
         report.write_json(os.path.join(c.workdir, "config.json"), dataclasses.asdict(c))
@@ -256,6 +258,24 @@ def run(config, log=print):
         report.plot_history(plotted, os.path.join(c.workdir, "history.png"), "SimSiam pretraining")
         report.write_json(os.path.join(c.workdir, "summary.json"), summary)
     return summary
+
+
+def _deterministic_kernels():
+    """Makes the backend's kernels deterministic: the same command gives the same figures.
+
+    TensorFlow's CPU kernels (oneDNN's among them) may split reductions over threads in a
+    different order from run to run; over hundreds of steps those last-bit differences grow
+    into different kNN figures. `enable_op_determinism` picks deterministic kernels instead.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 class _TensorBoard(keras.callbacks.TensorBoard):

@@ -128,16 +128,16 @@ def test_linear_eval_and_knn_eval_scripts(saved, tmp_path):
     assert (tmp_path / "linear_eval.png").stat().st_size > 0
     tops = []
     for pretrained in (tmp / "model.keras", tmp / "export"):
-        result = _script("knn_eval.py", f"--pretrained={pretrained}", "--image_size=16")
+        result = _script("knn_eval.py", f"--pretrained={pretrained}")  # size from the model
         assert result.returncode == 0, result.stderr[-3000:]
         tops.append(json.loads(result.stdout.strip().splitlines()[-1])["knn_top1"])
     assert tops[0] == pytest.approx(tops[1], abs=0.5) and tops[0] > 20  # chance is 10
     # The default on a small dataset (auto -> features) learns: at least the kNN accuracy of
     # the same backbone, as a linear probe on the same features normally does.
+    # No --image_size: read from the model (16 px here).
     result = _script(
-        "linear_eval.py", f"--pretrained={tmp / 'model.keras'}", f"--workdir={tmp_path}",
-        "--image_size=16",
-    )  # fmt: skip
+        "linear_eval.py", f"--pretrained={tmp / 'model.keras'}", f"--workdir={tmp_path}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     last = json.loads(result.stdout.strip().splitlines()[-1])
     print(f"linear (features) {last['val_top1']:.1f} vs kNN {tops[0]:.1f}")
