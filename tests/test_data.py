@@ -270,3 +270,46 @@ def test_unrepeated_dataset_reshuffles_every_iteration():
     ds = data.labeled_dataset(source, 297, 8, train=True, drop_remainder=False)
     first, second = (next(iter(ds))[1].numpy() for _ in range(2))
     assert sorted(first) == sorted(second) and (first != second).mean() > 0.5
+
+
+def _class_sorted_builder():
+    """A tiny TFDS builder whose generator yields 10 classes x 60 images, class by class."""
+    import tensorflow_datasets as tfds
+
+    class SimsiamSortedDigits(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(8, 8, 3)),
+                        "label": tfds.features.ClassLabel(num_classes=10),
+                    }
+                ),
+            )
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for c in range(10):
+                for i in range(60):
+                    image = np.full((8, 8, 3), 20 * c + i % 20, np.uint8)
+                    yield f"{c}-{i}", {"image": image, "label": c}
+
+    return SimsiamSortedDigits
+
+
+def test_tfds_prepare_for_real_then_train_batches_mix_classes(tmp_path):
+    # A real download_and_prepare (no network: the generator is local), then the pipeline.
+    _class_sorted_builder()  # registers "simsiam_sorted_digits"
+    source = data.tfds_source("simsiam_sorted_digits", "train", data_dir=str(tmp_path))
+    assert source.size == 600 and source.num_classes == 10 and source.items is None
+    # TFDS wrote the class-sorted examples in a hash-shuffled order: even without any
+    # shuffling in the pipeline a batch mixes classes.
+    unshuffled = data.labeled_dataset(source, 100, 8, train=True, shuffle=False)
+    assert len(set(next(iter(unshuffled))[1].numpy())) >= 9
+    x1, x2 = _take(data.two_view_dataset(source, 8, 8, blur=False, seed=0))
+    assert x1.shape == (8, 8, 8, 3) and not np.allclose(x1, x2)
