@@ -29,7 +29,7 @@ flags.DEFINE_string("val_dir", None, "Labelled image folder for the kNN monitor.
 flags.DEFINE_string("backbone", "resnet18_cifar", "resnet18_cifar | resnet18 | resnet50.")
 flags.DEFINE_float("width", 0.25, "Channel width multiplier (1 = the paper's networks).")
 flags.DEFINE_integer("image_size", 16, "Input height and width.")
-flags.DEFINE_integer("batch_size", 128, "Global batch size (all replicas).")
+flags.DEFINE_integer("batch_size", 64, "Global batch size (all replicas).")
 flags.DEFINE_integer("epochs", 30, "Epochs.")
 flags.DEFINE_float("base_lr", 0.3, "lr per 256 images (paper: 0.05 ImageNet, 0.03 CIFAR).")
 flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay (paper: 1e-4 ImageNet, 5e-4 CIFAR).")
@@ -52,6 +52,7 @@ flags.DEFINE_enum("mixed_precision", "none", list(PRECISIONS), "Compute precisio
 flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_bool("no_stop_gradient", False, "Remove the stop-gradient (the collapse ablation).")
 flags.DEFINE_integer("knn_every", 5, "kNN monitor every N epochs (0: off).")
+flags.DEFINE_integer("knn_k", 200, "kNN monitor: neighbours (paper: 200).")
 flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints.")
 flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch (smoke runs).")
 flags.DEFINE_bool("deterministic", True, "Fixed data order and views for the seed.")
@@ -90,6 +91,7 @@ def main(argv):
         seed=FLAGS.seed,
         stop_gradient=not FLAGS.no_stop_gradient,
         knn_every=FLAGS.knn_every,
+        knn_k=FLAGS.knn_k,
         checkpoint_every=FLAGS.checkpoint_every,
         steps_per_epoch=FLAGS.steps_per_epoch,
         deterministic=FLAGS.deterministic,

@@ -181,3 +181,25 @@ def test_extract_features_from_tf_data():
 def test_extract_features_rejects_unlabelled_batches():
     with pytest.raises(ValueError, match=r"\(images, labels\)"):
         knn.extract_features(_tiny_backbone(), [np.zeros((2, 8, 8, 3), np.float32)])
+
+
+@pytest.mark.multibackend
+def test_recalibrated_copy_averages_batch_statistics_and_leaves_the_original():
+    rng = np.random.default_rng(0)
+    images = rng.normal(3.0, 2.0, size=(4, 32, 2, 2, 3)).astype("float32")  # 4 batches of 32
+    inputs = keras.Input((2, 2, 3))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.9)(inputs))
+    labels = np.zeros(32, "int64")
+    copy = knn.recalibrated_copy(model, [(b, labels) for b in images], max_batches=3)
+    bn, original = copy.layers[-1], model.layers[-1]
+    # NumPy reference ("precise BN"): the plain average of the per-batch mean and biased variance.
+    per_batch = images[:3].reshape(3, -1, 3)
+    np.testing.assert_allclose(_np(bn.moving_mean), per_batch.mean(1).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(_np(bn.moving_variance), per_batch.var(1).mean(0), rtol=1e-4)
+    np.testing.assert_array_equal(_np(original.moving_mean), np.zeros(3))
+    np.testing.assert_array_equal(_np(original.moving_variance), np.ones(3))
+    assert bn.momentum == original.momentum == 0.9
+
+
+def _np(x):
+    return np.asarray(keras.ops.convert_to_numpy(x))

@@ -197,11 +197,24 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     resume_and_compare(work)
 
 
-def test_quickstart_pretrained_encoder_beats_random_init(tmp_path):
+def test_quickstart_learns_and_its_linear_evaluation_beats_knn(tmp_path):
     # The README's second command: the defaults are the quickstart (configs/quickstart.cfg too).
-    summary = _last_json(_run(f"--workdir={tmp_path / 'qs'}", "--seed=0"))
-    assert summary["knn_top1"] > summary["random_init_knn_top1"] + 10, summary
+    work = tmp_path / "qs"
+    summary = _last_json(_run(f"--workdir={work}", "--seed=0"))
+    # Against the random-init encoder with its BN statistics recomputed on the training images
+    # (52.5): seeds 0-2 ended 13-17 points above it (README), seed-to-seed spread ~4 points.
+    assert summary["knn_top1"] > summary["random_init_knn_top1"] + 8, summary
     assert summary["export"] and os.path.exists(summary["export"])
+    history = json.load(open(work / "summary.json"))["final"]
+    assert history["loss"] < -0.3, history  # from ~0 at the start
+    # The README's linear-evaluation command on that model: a linear probe on the same
+    # features reaches at least their kNN accuracy.
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "linear_eval.py"),
+           f"--pretrained={work / 'model.keras'}"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    linear = _last_json(result)
+    print(f"quickstart: kNN {summary['knn_top1']:.1f}, linear {linear['val_top1']:.1f}")
+    assert linear["val_top1"] >= summary["knn_top1"], (linear, summary)
 
 
 def test_export_script_from_model_and_from_checkpoint(tmp_path):
