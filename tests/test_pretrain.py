@@ -201,9 +201,10 @@ def test_quickstart_learns_and_its_linear_evaluation_beats_knn(tmp_path):
     # The README's second command: the defaults are the quickstart (configs/quickstart.cfg too).
     work = tmp_path / "qs"
     summary = _last_json(_run(f"--workdir={work}", "--seed=0"))
-    # Against the random-init encoder with its BN statistics recomputed on the training images
-    # (52.5): seeds 0-2 ended 13-17 points above it (README), seed-to-seed spread ~4 points.
-    assert summary["knn_top1"] > summary["random_init_knn_top1"] + 8, summary
+    # Against the random-init encoder with its BN statistics recomputed on the training images:
+    # kNN (k=20) 81.1 / 77.1 / 82.5 vs 67.3 / 69.7 / 67.3 at seeds 0-2 (README), so margins of
+    # 7.4-15.2 points where the random-init values themselves spread over 2.4.
+    assert summary["knn_top1"] > summary["random_init_knn_top1"] + 5, summary
     assert summary["export"] and os.path.exists(summary["export"])
     history = json.load(open(work / "summary.json"))["final"]
     assert history["loss"] < -0.3, history  # from ~0 at the start
