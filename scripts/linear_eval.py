@@ -61,6 +61,8 @@ def _validate():
             raise app.UsageError(f"--{name} must be positive; got {flags.FLAGS[name].value}.")
     if _STEPS.value is not None and _STEPS.value <= 0:
         raise app.UsageError("--steps_per_epoch must be positive.")
+    if not _L2.value > 0:
+        raise app.UsageError(f"--l2 must be positive; got {_L2.value}.")
     if bool(_TRAIN_DIR.value) != bool(_VAL_DIR.value):
         raise app.UsageError("--train_dir and --val_dir go together (both labelled folders).")
     workdir = _WORKDIR.value or _default_workdir(_PRETRAINED.value)

@@ -160,6 +160,8 @@ def test_scripts_reject_bad_input(saved, tmp_path):
     assert result.returncode != 0 and "no labels" in result.stderr
     result = _script("linear_eval.py", f"--pretrained={tmp / 'model.keras'}", "--epochs=0")
     assert result.returncode != 0 and "--epochs must be positive" in result.stderr
+    result = _script("linear_eval.py", f"--pretrained={tmp / 'model.keras'}", "--l2=0")
+    assert result.returncode != 0 and "--l2 must be positive" in result.stderr
     result = _script("linear_eval.py", f"--pretrained={tmp / 'model.keras'}", "--image_size=32")
     assert result.returncode != 0 and "16 px" in result.stderr
 
