@@ -14,6 +14,9 @@ setup(
         "keras>=3.15",
         "tensorflow>=2.16",
         "tensorflow-datasets>=4.9",
+        # tensorflow-datasets 4.9.10 imports it on every Python but declares it only for < 3.9:
+        # without it no dataset can be prepared ("No module named importlib_resources").
+        "importlib_resources",
         "absl-py>=1.0",
         "tensorboard>=2.16",  # summaries of pretraining runs (not pulled in by tensorflow 2.21)
         "numpy>=1.26",

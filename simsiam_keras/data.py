@@ -241,13 +241,7 @@ def tfds_source(name, split="train", data_dir=None, download=True):
     if not builder.is_prepared():
         if not download:
             raise ValueError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r}.")
-        try:
-            builder.download_and_prepare()
-        except Exception as e:
-            raise ValueError(
-                f"Could not prepare TFDS dataset {name!r} in {builder.data_dir!r} (for "
-                f"imagenet2012, place the manual download as the TFDS docs say): {e}"
-            ) from None
+        _prepare_tfds(builder, name)
     dataset = builder.as_dataset(
         split=split, shuffle_files=True, decoders={"image": tfds.decode.SkipDecoding()}
     )
@@ -261,6 +255,61 @@ def tfds_source(name, split="train", data_dir=None, download=True):
     if size < 0:
         size = builder.info.splits[split].num_examples
     return Source(dataset, "encoded", size, f"tfds:{name}/{split}", classes)
+
+
+def _prepare_tfds(builder, name):
+    """Downloads and prepares `builder`; a clear ValueError when that cannot work here.
+
+    Checked first, before minutes of retries: a manual-download dataset (imagenet2012) needs
+    its files in `<data_dir>/downloads/manual`; a downloadable one needs its host reachable.
+    """
+    manual_dir = os.path.join(str(builder._data_dir_root), "downloads", "manual")
+    instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+    if instructions and not (os.path.isdir(manual_dir) and os.listdir(manual_dir)):
+        what = " ".join(instructions.split())
+        raise ValueError(
+            f"TFDS dataset {name!r} needs a manual download: put its files in {manual_dir} "
+            f"({what}), then run the same command to prepare it."
+        )
+    hint = (
+        f"Prepare it where there is a network (`tfds build {name} --data_dir DIR`) and pass "
+        "--data_dir DIR, or train on an image folder with --train_dir."
+    )
+    if not instructions:
+        for url in builder.url_infos or ():
+            host = _unreachable(url)
+            if host:
+                raise ValueError(f"Cannot download TFDS dataset {name!r}: {host}. {hint}")
+    try:
+        builder.download_and_prepare()
+    except OSError as e:  # requests' ConnectionError is an OSError
+        raise ValueError(
+            f"Could not download TFDS dataset {name!r} (network?): {e}. {hint}"
+        ) from None
+    except Exception as e:  # noqa: BLE001 (TFDS raises many kinds; the first line says which)
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"Could not prepare TFDS dataset {name!r}: {first}") from None
+
+
+def _unreachable(url, timeout=10):
+    """Why `url`'s host cannot be reached (or the proxy the environment names); None if it can."""
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    parsed = urllib.parse.urlparse(url)
+    proxy = urllib.request.getproxies().get(parsed.scheme)
+    if proxy and urllib.request.proxy_bypass(parsed.hostname):
+        proxy = None
+    target = urllib.parse.urlparse(proxy) if proxy else parsed
+    host = target.hostname
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        via = f"the proxy {host}:{port}" if proxy else f"{host}:{port}"
+        return f"no network connection to {via} ({e.strerror or e})"
+    return None
 
 
 def load_source(dataset=EMBEDDED, split="train", data_dir=None, image_dir=None, image_size=32):

@@ -313,3 +313,79 @@ def test_tfds_prepare_for_real_then_train_batches_mix_classes(tmp_path):
     assert len(set(next(iter(unshuffled))[1].numpy())) >= 9
     x1, x2 = _take(data.two_view_dataset(source, 8, 8, blur=False, seed=0))
     assert x1.shape == (8, 8, 8, 3) and not np.allclose(x1, x2)
+
+
+_PACKAGED_BUILDER = """
+import numpy as np
+import tensorflow_datasets as tfds
+
+
+class SimsiamPackagedDigits(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {"image": tfds.features.Image(shape=(16, 16, 3)),
+                 "label": tfds.features.ClassLabel(num_classes=4)}
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(0), "test": self._generate_examples(1)}
+
+    def _generate_examples(self, offset):
+        rng = np.random.default_rng(offset)
+        for i in range(64):
+            image = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+            yield str(i), {"image": image, "label": i % 4}
+"""
+
+
+def test_tfds_builder_in_a_package_prepares_and_trains_a_step(tmp_path, monkeypatch):
+    # A builder that lives in a package, as every TFDS catalogue dataset does: preparing it
+    # resolves its code path, which needs importlib_resources (missing from TFDS 4.9.10's
+    # dependencies on Python >= 3.9; the cause of "No module named 'importlib_resources'").
+    import importlib
+
+    import keras
+
+    from simsiam_keras import backbones
+    from simsiam_keras.model import SimSiam
+
+    package = tmp_path / "simsiam_tfds_fixture"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "packaged_digits.py").write_text(_PACKAGED_BUILDER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("simsiam_tfds_fixture.packaged_digits")
+    source = data.load_source("simsiam_packaged_digits", "train", str(tmp_path / "tfds"))
+    assert source.size == 64 and source.num_classes == 4
+    assert data.load_source("simsiam_packaged_digits", "validation", str(tmp_path / "tfds")).size
+    model = SimSiam(backbones.build_resnet("resnet18_cifar", 0.125, 16), 32, 8, 2)
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    ds = data.two_view_dataset(source, 16, 16, blur=False, seed=0, repeat=True)
+    logs = model.fit(ds, steps_per_epoch=1, epochs=1, verbose=0).history
+    assert np.isfinite(logs["loss"][0])
+
+
+def test_tfds_manual_download_says_where_the_files_go(tmp_path):
+    with pytest.raises(ValueError) as error:
+        data.load_source("imagenet2012", "train", str(tmp_path))
+    message = str(error.value)
+    manual = os.path.join(str(tmp_path), "downloads", "manual")
+    assert f"put its files in {manual}" in message
+    assert "ILSVRC2012_img_train.tar" in message and "ILSVRC2012_img_val.tar" in message
+    assert not os.path.exists(manual) or not os.listdir(manual)
+
+
+def test_tfds_without_network_says_so_at_once(tmp_path, monkeypatch):
+    # cifar10 is downloadable; the proxy on a closed local port stands for "no network" (even
+    # on a machine that has one), and the check fails before TFDS's minutes of retries.
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with pytest.raises(ValueError, match=r"Cannot download TFDS dataset 'cifar10': no network"):
+        data.load_source("cifar10", "train", str(tmp_path))
