@@ -20,9 +20,13 @@ import statistics
 import sys
 import time
 
-from absl import app, flags
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from simsiam_keras import cli  # noqa: E402 (no TensorFlow import)
+
+cli.quiet_logs()  # before anything imports TensorFlow
+
+from absl import flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
@@ -158,7 +162,7 @@ def _ablate(steps):
     }
     for step in steps:
         if step not in no_ops:
-            raise app.UsageError(f"--ablate: unknown step {step!r}; known: {sorted(no_ops)}")
+            raise cli.UsageError(f"--ablate: unknown step {step!r}; known: {sorted(no_ops)}")
         setattr(augment, *no_ops[step])
 
 
@@ -209,9 +213,11 @@ def benchmark_pipeline():
 def main(argv):
     commands = {"step": benchmark_step, "pipeline": benchmark_pipeline}
     if len(argv) != 2 or argv[1] not in commands:
-        raise app.UsageError(f"Usage: benchmark.py {{{'|'.join(commands)}}} [--flags]")
+        raise cli.UsageError(f"Usage: benchmark.py {{{'|'.join(commands)}}} [--flags]")
+    if FLAGS.train_dir and not os.path.isdir(FLAGS.train_dir):
+        raise cli.UsageError(f"--train_dir: folder not found: {FLAGS.train_dir!r}")
     print(json.dumps(commands[argv[1]]()))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, positional=1)

@@ -13,9 +13,13 @@ import json
 import os
 import sys
 
-from absl import app, flags
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from simsiam_keras import cli  # noqa: E402 (no TensorFlow import)
+
+cli.quiet_logs()  # before anything imports TensorFlow
+
+from absl import flags  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A pretraining workdir.", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/export/backbone).")
@@ -27,19 +31,19 @@ def main(argv):
     import keras
 
     if keras.backend.backend() != "tensorflow":
-        raise app.UsageError("Export needs KERAS_BACKEND=tensorflow (the weights load anywhere).")
+        raise cli.UsageError("Export needs KERAS_BACKEND=tensorflow (the weights load anywhere).")
     from simsiam_keras import checkpoint, export, linear, pretrain
 
     workdir = _WORKDIR.value
     if not os.path.isdir(workdir):
-        raise app.UsageError(f"--workdir: not a directory: {workdir!r}")
+        raise cli.UsageError(f"--workdir: not a directory: {workdir!r}")
     out = _OUT.value or os.path.join(workdir, "export", "backbone")
     config_path = os.path.join(workdir, "config.json")  # written when the run starts
     config = json.load(open(config_path)) if os.path.exists(config_path) else {}
     if _CHECKPOINT.value:
         found = checkpoint.latest(os.path.join(workdir, "checkpoints"))
         if not found or not config:
-            raise app.UsageError(f"No checkpoint and config.json in {workdir!r}.")
+            raise cli.UsageError(f"No checkpoint and config.json in {workdir!r}.")
         cfg = pretrain.PretrainConfig(**config)
         model = pretrain.build_model(cfg, steps_per_epoch=1)
         checkpoint.restore(found, model)
@@ -48,11 +52,11 @@ def main(argv):
         try:
             backbone = linear.load_backbone(workdir)
         except ValueError as e:
-            raise app.UsageError(str(e)) from None
+            raise cli.UsageError(str(e)) from None
     size = config.get("image_size") or backbone.input_shape[1]
     export.export_backbone(backbone, out, size, config.get("backbone"), config.get("width"))
     print(json.dumps({"what": "export", "path": out, "image_size": size}))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

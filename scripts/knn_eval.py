@@ -12,9 +12,13 @@ printed line is one JSON object with `knn_top1`.
 import os
 import sys
 
-from absl import app, flags
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from simsiam_keras import cli  # noqa: E402 (no TensorFlow import)
+
+cli.quiet_logs()  # before anything imports TensorFlow
+
+from absl import flags  # noqa: E402
 
 _PRETRAINED = flags.DEFINE_string("pretrained", None, "Model file, SavedModel or workdir.")
 _DATASET = flags.DEFINE_string("dataset", "digits", "'digits' (embedded) or a TFDS name.")
@@ -32,14 +36,14 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 0.2, "Vote temperature.")
 def main(argv):
     del argv
     if not _PRETRAINED.value or not os.path.exists(_PRETRAINED.value):
-        raise app.UsageError(f"--pretrained: not found: {_PRETRAINED.value!r}")
+        raise cli.UsageError(f"--pretrained: not found: {_PRETRAINED.value!r}")
     for name in ("image_size", "batch_size", "k"):
         if flags.FLAGS[name].value is not None and flags.FLAGS[name].value <= 0:
-            raise app.UsageError(f"--{name} must be positive; got {flags.FLAGS[name].value}.")
+            raise cli.UsageError(f"--{name} must be positive; got {flags.FLAGS[name].value}.")
     if _TEMPERATURE.value <= 0:
-        raise app.UsageError("--temperature must be positive.")
+        raise cli.UsageError("--temperature must be positive.")
     if bool(_TRAIN_DIR.value) != bool(_VAL_DIR.value):
-        raise app.UsageError("--train_dir and --val_dir go together (both labelled folders).")
+        raise cli.UsageError("--train_dir and --val_dir go together (both labelled folders).")
 
     from simsiam_keras import data, knn, linear, report
 
@@ -53,7 +57,7 @@ def main(argv):
         val = data.load_source(_DATASET.value, "validation", _DATA_DIR.value, _VAL_DIR.value, size)
         datasets = [data.labeled_dataset(s, batch, size) for s in (train, val)]
     except ValueError as e:
-        raise app.UsageError(str(e)) from None
+        raise cli.UsageError(str(e)) from None
     result = knn.backbone_knn_accuracy(
         backbone, *datasets, train.num_classes, _K.value, _TEMPERATURE.value
     )
@@ -61,4 +65,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

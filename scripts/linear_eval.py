@@ -18,9 +18,13 @@ import os
 import sys
 import time
 
-from absl import app, flags
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from simsiam_keras import cli  # noqa: E402 (no TensorFlow import)
+
+cli.quiet_logs()  # before anything imports TensorFlow
+
+from absl import flags  # noqa: E402
 
 _PRETRAINED = flags.DEFINE_string(
     "pretrained", None, "A .keras SimSiam/backbone file, an exported SavedModel or a workdir."
@@ -53,21 +57,21 @@ FEATURES_MAX_IMAGES = 200_000
 
 def _validate():
     if not _PRETRAINED.value:
-        raise app.UsageError("--pretrained is required.")
+        raise cli.UsageError("--pretrained is required.")
     if not os.path.exists(_PRETRAINED.value):
-        raise app.UsageError(f"--pretrained: not found: {_PRETRAINED.value!r}")
+        raise cli.UsageError(f"--pretrained: not found: {_PRETRAINED.value!r}")
     for name in ("image_size", "batch_size", "epochs"):
         if flags.FLAGS[name].value is not None and flags.FLAGS[name].value <= 0:
-            raise app.UsageError(f"--{name} must be positive; got {flags.FLAGS[name].value}.")
+            raise cli.UsageError(f"--{name} must be positive; got {flags.FLAGS[name].value}.")
     if _STEPS.value is not None and _STEPS.value <= 0:
-        raise app.UsageError("--steps_per_epoch must be positive.")
+        raise cli.UsageError("--steps_per_epoch must be positive.")
     if not _L2.value > 0:
-        raise app.UsageError(f"--l2 must be positive; got {_L2.value}.")
+        raise cli.UsageError(f"--l2 must be positive; got {_L2.value}.")
     if bool(_TRAIN_DIR.value) != bool(_VAL_DIR.value):
-        raise app.UsageError("--train_dir and --val_dir go together (both labelled folders).")
+        raise cli.UsageError("--train_dir and --val_dir go together (both labelled folders).")
     workdir = _WORKDIR.value or _default_workdir(_PRETRAINED.value)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise app.UsageError(f"--workdir {workdir!r} is a file.")
+        raise cli.UsageError(f"--workdir {workdir!r} is a file.")
     return workdir
 
 
@@ -98,7 +102,7 @@ def main(argv):
         if train.size < batch:
             raise ValueError(f"{train.name} has {train.size} images, fewer than one batch.")
     except ValueError as e:
-        raise app.UsageError(str(e)) from None
+        raise cli.UsageError(str(e)) from None
     protocol = _PROTOCOL.value
     if protocol == "auto":
         protocol = "features" if train.size <= FEATURES_MAX_IMAGES else "official"
@@ -177,4 +181,4 @@ def _write(workdir, protocol, train, batch, results, start, history):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -13,9 +13,14 @@ Never write the output into the repository.
 """
 
 import os
+import sys
 
-from absl import app, flags
-from PIL import Image
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from simsiam_keras import cli  # noqa: E402 (no TensorFlow import)
 
 SIZES = ((500, 375), (375, 500), (400, 400), (640, 480))  # (width, height)
 
@@ -50,10 +55,12 @@ def main(argv):
     out = os.path.abspath(_OUT.value)
     repo = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
     if out == repo or out.startswith(repo + os.sep):
-        raise app.UsageError(f"--out must be outside the repository ({repo}).")
+        raise cli.UsageError(f"--out must be outside the repository ({repo}).")
+    if not os.path.isdir(_SRC.value):
+        raise cli.UsageError(f"--src: folder not found: {_SRC.value!r}")
     n = make_folder(_SRC.value, out, _PER_CLASS.value, _QUALITY.value)
     print(f"wrote {n} JPEGs to {out}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, tensorflow=False)

@@ -1,27 +1,34 @@
 r"""SimSiam pretraining (paper Sec. 4; App. D for CIFAR).
 
   python scripts/pretrain.py                                  # quickstart: embedded digits
-  python scripts/pretrain.py --flagfile configs/in1k.cfg --workdir runs/in1k
-  python scripts/pretrain.py --flagfile configs/cifar10.cfg --workdir runs/c10 --epochs 200
+  python scripts/pretrain.py --flagfile configs/in1k.cfg      # workdir runs/in1k
+  python scripts/pretrain.py --flagfile configs/cifar10.cfg --epochs 200
   python scripts/pretrain.py --train_dir ~/images --val_dir ~/val --image_size 224
 
 With no flags it runs the quickstart offline on the embedded digits (a few minutes on 2 CPU
 cores): pretrain, print the kNN accuracy of the pretrained encoder beside a random-init one,
-export the backbone. Every flag can follow a --flagfile to override it. Running the same
-command again resumes from the workdir's last checkpoint. The last printed line is one JSON
-object (the summary also written to WORKDIR/summary.json).
+export the backbone. Every flag can follow a --flagfile to override it. The workdir defaults to
+runs/<flagfile name> (runs/quickstart without one). Running the same command again resumes
+from the workdir's last checkpoint; on a finished run it prints the summary and changes
+nothing. Ctrl-C (or SIGTERM) saves a checkpoint after the current step and exits with
+130 (143). The last printed line is one JSON object (the summary also written to
+WORKDIR/summary.json).
 """
 
 import os
 import sys
 
-from absl import app, flags
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from simsiam_keras.pretrain import PRECISIONS, STRATEGIES  # noqa: E402 (no TF import)
+from simsiam_keras import cli  # noqa: E402 (no TensorFlow import)
 
-flags.DEFINE_string("workdir", "runs/quickstart", "Checkpoints, logs, summary and export go here.")
+cli.quiet_logs()  # before anything imports TensorFlow
+
+from absl import flags  # noqa: E402
+
+flags.DEFINE_string(
+    "workdir", None, "Checkpoints, logs, summary and export (default: runs/<flagfile name>)."
+)
 flags.DEFINE_string("dataset", "digits", "'digits' (embedded, offline) or a TFDS name.")
 flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 flags.DEFINE_string("train_dir", None, "Image folder to pretrain on (selects the folder source).")
@@ -42,13 +49,13 @@ flags.DEFINE_bool("blur", None, "Gaussian blur; default: on above 32 px.")
 flags.DEFINE_enum(
     "strategy",
     "auto",
-    list(STRATEGIES),
+    list(cli.STRATEGIES),
     "auto: all local accelerators; one_device; mirrored: tf MirroredStrategy (SyncBN), JAX "
     "DataParallel; multi_worker: tf MultiWorkerMirroredStrategy from TF_CONFIG (run the same "
     "command on every worker, --workdir on shared storage; worker 0 writes). PyTorch: one "
     "device.",
 )
-flags.DEFINE_enum("mixed_precision", "none", list(PRECISIONS), "Compute precision.")
+flags.DEFINE_enum("mixed_precision", "none", list(cli.PRECISIONS), "Compute precision.")
 flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_bool("no_stop_gradient", False, "Remove the stop-gradient (the collapse ablation).")
 flags.DEFINE_integer("knn_every", 5, "kNN monitor every N epochs (0: off).")
@@ -60,17 +67,19 @@ flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch (smoke run
 flags.DEFINE_bool("deterministic", True, "Fixed data order and views for the seed.")
 flags.DEFINE_bool("export", True, "Export the backbone as a SavedModel at the end.")
 flags.DEFINE_bool("compare_random_init", True, "Also report a random-init encoder's kNN.")
+flags.DEFINE_float(
+    "progress_every_s", 30.0, "Seconds between progress lines when not on a terminal."
+)
 
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv
     from simsiam_keras import pretrain, report
 
     config = pretrain.PretrainConfig(
-        workdir=FLAGS.workdir,
+        workdir=FLAGS.workdir or cli.default_workdir(),
         dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir,
         train_dir=FLAGS.train_dir,
@@ -99,18 +108,21 @@ def main(argv):
         deterministic=FLAGS.deterministic,
         export=FLAGS.export,
         compare_random_init=FLAGS.compare_random_init,
+        progress_every_s=FLAGS.progress_every_s,
     )
     try:
         pretrain.validate(config)
-        summary = pretrain.run(config)
-    except (ValueError, FloatingPointError) as e:
-        sys.exit(f"pretrain.py: {e}")
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from None
+    summary = pretrain.run(config)
     knn, rand = summary.get("knn_top1"), summary.get("random_init_knn_top1")
+    train = summary.get("train", "?")
     if knn is not None and rand is not None:
-        print(f"kNN top-1: pretrained {knn:.1f} vs random-init {rand:.1f} ({FLAGS.dataset})")
-    keys = ("knn_top1", "random_init_knn_top1", "steps", "wall_s", "pairs_per_s", "export")
+        print(f"kNN top-1: pretrained {knn:.1f} vs random-init {rand:.1f} ({train})")
+    keys = ("train", "knn_top1", "random_init_knn_top1", "steps", "wall_s", "pairs_per_s",
+            "export", "already_finished")  # fmt: skip
     print(report.json_line({"what": "pretrain", **{k: summary.get(k) for k in keys}}))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

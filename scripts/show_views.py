@@ -11,9 +11,13 @@ from the training pipeline (the same code `pretrain.py` uses), un-normalised for
 import os
 import sys
 
-from absl import app, flags
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from simsiam_keras import cli  # noqa: E402 (no TensorFlow import)
+
+cli.quiet_logs()  # before anything imports TensorFlow
+
+from absl import flags  # noqa: E402
 
 _OUT = flags.DEFINE_string("out", "views.png", "Output PNG file.")
 _NUM = flags.DEFINE_integer("num_images", 8, "Rows (images) in the grid.", lower_bound=1)
@@ -69,14 +73,17 @@ def main(argv):
 
     out_dir = os.path.dirname(os.path.abspath(_OUT.value))
     if not os.path.isdir(out_dir):
-        raise app.UsageError(f"--out: folder {out_dir!r} does not exist.")
-    source = data.load_source(
-        _DATASET.value, "train", _DATA_DIR.value, _TRAIN_DIR.value, _SIZE.value
-    )
+        raise cli.UsageError(f"--out: folder {out_dir!r} does not exist.")
+    try:
+        source = data.load_source(
+            _DATASET.value, "train", _DATA_DIR.value, _TRAIN_DIR.value, _SIZE.value
+        )
+    except ValueError as e:  # a bad --dataset / --train_dir
+        raise cli.UsageError(str(e)) from None
     grid = view_grid(source, _NUM.value, _SIZE.value, _BLUR.value, _SEED.value)
     Image.fromarray(grid).save(_OUT.value)
     print(f"wrote {_OUT.value} ({grid.shape[0] // _SIZE.value} images: original | view 1 | view 2)")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -2,42 +2,48 @@
 
 The names here import without TensorFlow (they run on every backend). The TensorFlow input
 pipeline is `simsiam_keras.data` / `simsiam_keras.augment`, the SavedModel export
-`simsiam_keras.export`.
+`simsiam_keras.export`. Names are imported on first use, so that `simsiam_keras.cli` (what the
+scripts load first, to quiet TensorFlow's logs) imports without Keras.
 """
 
-from simsiam_keras.backbones import BACKBONES, build_resnet, feature_dim
-from simsiam_keras.device_augment import ViewAugment
-from simsiam_keras.heads import build_predictor, build_projector
-from simsiam_keras.knn import extract_features, knn_accuracy, knn_predict
-from simsiam_keras.lars import LARS
-from simsiam_keras.linear import LinearClassifier, load_backbone
-from simsiam_keras.losses import negative_cosine_similarity, output_std, simsiam_loss
-from simsiam_keras.model import SimSiam
-from simsiam_keras.monitors import CollapseMonitor, KNNMonitor
-from simsiam_keras.optim import SGD, SimSiamSchedule, simsiam_optimizer
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BACKBONES",
-    "LARS",
-    "SGD",
-    "CollapseMonitor",
-    "KNNMonitor",
-    "LinearClassifier",
-    "SimSiam",
-    "SimSiamSchedule",
-    "ViewAugment",
-    "build_predictor",
-    "build_projector",
-    "build_resnet",
-    "extract_features",
-    "feature_dim",
-    "knn_accuracy",
-    "knn_predict",
-    "load_backbone",
-    "negative_cosine_similarity",
-    "output_std",
-    "simsiam_loss",
-    "simsiam_optimizer",
-]
+_HOMES = {
+    "BACKBONES": "backbones",
+    "build_resnet": "backbones",
+    "feature_dim": "backbones",
+    "ViewAugment": "device_augment",
+    "build_predictor": "heads",
+    "build_projector": "heads",
+    "extract_features": "knn",
+    "knn_accuracy": "knn",
+    "knn_predict": "knn",
+    "LARS": "lars",
+    "LinearClassifier": "linear",
+    "load_backbone": "linear",
+    "negative_cosine_similarity": "losses",
+    "output_std": "losses",
+    "simsiam_loss": "losses",
+    "SimSiam": "model",
+    "CollapseMonitor": "monitors",
+    "KNNMonitor": "monitors",
+    "SGD": "optim",
+    "SimSiamSchedule": "optim",
+    "simsiam_optimizer": "optim",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'simsiam_keras' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"simsiam_keras.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_HOMES])

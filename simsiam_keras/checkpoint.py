@@ -101,7 +101,8 @@ class StepCheckpoint(keras.callbacks.Callback):
     """Saves a checkpoint every `every_steps` optimizer steps and at every epoch end.
 
     Stops training with a clear message, keeping the last good checkpoint, when the loss is NaN
-    or infinite (the step is not saved).
+    or infinite (the step is not saved). After `request_stop(signum)` (a signal handler calls
+    it) it saves at the end of the current step and stops training; `stop_signal` tells why.
 
     Args:
         directory: checkpoint directory.
@@ -121,11 +122,20 @@ class StepCheckpoint(keras.callbacks.Callback):
         self.keep = keep
         self.save_enabled = save
         self.nan_message = None
+        self.stop_signal = None
+        self._saved_step = None
+
+    def request_stop(self, signum):
+        """Save after the current step and stop training (safe to call from a signal handler)."""
+        self.stop_signal = signum
+        if self.model is not None:
+            self.model.stop_training = True
 
     def _save(self):
-        if self.save_enabled:
+        if self.save_enabled and self._saved_step != self.step:
             epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
             save(self.directory, self.model, self.step, epoch, in_epoch, self.keep)
+        self._saved_step = self.step
 
     def on_train_batch_end(self, batch, logs=None):
         loss = float(keras.ops.convert_to_numpy(logs["loss"])) if logs and "loss" in logs else 0.0
@@ -138,9 +148,11 @@ class StepCheckpoint(keras.callbacks.Callback):
             self.model.stop_training = True
             return
         self.step += 1
-        if self.step % self.every_steps == 0:
+        if self.step % self.every_steps == 0 or self.stop_signal is not None:
             self._save()
+        if self.stop_signal is not None:
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.nan_message is None and self.step % self.every_steps:
+        if self.nan_message is None:
             self._save()

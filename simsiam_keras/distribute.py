@@ -23,7 +23,8 @@ import weakref
 
 import keras
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+from simsiam_keras.cli import STRATEGIES  # one list, importable without Keras (the scripts)
+
 _LOCAL_CALLS = weakref.WeakKeyDictionary()
 
 

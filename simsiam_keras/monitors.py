@@ -12,7 +12,7 @@ import warnings
 import keras
 import numpy as np
 
-from simsiam_keras import distribute, knn, losses
+from simsiam_keras import distribute, knn, losses, report
 
 
 class CollapseWarning(UserWarning):
@@ -52,6 +52,10 @@ class KNNMonitor(keras.callbacks.Callback):
         temperature: vote temperature.
         num_classes: number of classes; None infers `max label + 1` at each evaluation.
         batch_size: batch size when the data are array pairs.
+        progress_every_s: show feature-extraction progress at this interval (None: silent).
+
+    An epoch cut short by `model.stop_training` set during the epoch (an interrupt, a NaN
+    loss) is not evaluated.
 
     Attributes:
         history: list of `(epoch, knn_top1)`, epochs counted from 1.
@@ -72,6 +76,7 @@ class KNNMonitor(keras.callbacks.Callback):
         temperature=0.2,
         num_classes=None,
         batch_size=256,
+        progress_every_s=None,
     ):
         super().__init__()
         if not isinstance(every, int) or isinstance(every, bool) or every <= 0:
@@ -89,6 +94,7 @@ class KNNMonitor(keras.callbacks.Callback):
         self.temperature = temperature
         self.num_classes = num_classes
         self.batch_size = batch_size
+        self.progress_every_s = progress_every_s
         self.history = []
         self._first_epoch_of_fit = True
 
@@ -101,10 +107,15 @@ class KNNMonitor(keras.callbacks.Callback):
         backbone = _backbone_of(self.model, "KNNMonitor")
         return knn.backbone_knn_accuracy(
             backbone, self.train_data, self.val_data, self.num_classes, self.k,
-            self.temperature, self.batch_size,
+            self.temperature, self.batch_size, self.progress_every_s,
         )  # fmt: skip
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._stopped_before_epoch = bool(getattr(self.model, "stop_training", False))
+
     def on_epoch_end(self, epoch, logs=None):
+        if getattr(self.model, "stop_training", False) and not self._stopped_before_epoch:
+            return  # cut short: the user is waiting for the interrupt to take effect
         number = epoch + 1
         last = self.params is not None and number == self.params.get("epochs")
         if not (self._first_epoch_of_fit or number % self.every == 0 or last):
@@ -241,3 +252,61 @@ class CollapseMonitor(keras.callbacks.Callback):
             CollapseWarning,
             stacklevel=1,  # point at this monitor: the caller is Keras's callback loop
         )
+
+
+class TrainingProgress(keras.callbacks.Callback):
+    """Progress within each epoch and one line per epoch (`report.Progress`).
+
+    Within an epoch: steps, pairs/s, ETA of the epoch, loss and z_std, rewritten in place on a
+    terminal, else one line every `every_s` seconds. At each epoch end: one line with every
+    number in the epoch logs (put it after the monitors in `callbacks` to see theirs).
+
+    Args:
+        epochs: epochs of the whole run.
+        steps_per_epoch: steps in a whole epoch.
+        batch_size: images per step (pairs/s = steps/s x batch size).
+        every_s: seconds between lines when not on a terminal.
+        initial_step: the global step of a resumed run's first step.
+        stream: where to write (default: stdout).
+    """
+
+    SHOWN = ("loss", "z_std", "lr")
+
+    def __init__(self, epochs, steps_per_epoch, batch_size, every_s=30.0, initial_step=0,
+                 stream=None):  # fmt: skip
+        super().__init__()
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.batch_size = batch_size
+        self.every_s = every_s
+        self.stream = stream
+        self.in_epoch = initial_step % steps_per_epoch
+        self.progress = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.progress = report.Progress(
+            f"epoch {epoch + 1}/{self.epochs}", self.steps_per_epoch, "pairs/s",
+            self.batch_size, self.every_s, self.stream,
+        )  # fmt: skip
+        self.progress.start_step = self.in_epoch
+
+    def _fields(self, logs):
+        fields = {}
+        for name, value in (logs or {}).items():
+            try:
+                fields[name] = float(np.mean(keras.ops.convert_to_numpy(value)))
+            except (TypeError, ValueError):
+                continue
+        return fields
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.in_epoch += 1
+        fields = {k: v for k, v in self._fields(logs).items() if k in self.SHOWN}
+        self.progress.update(self.in_epoch, fields, self.in_epoch - self.progress.start_step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.progress.done(
+            self.in_epoch, self._fields(logs), self.in_epoch - self.progress.start_step
+        )
+        if self.in_epoch >= self.steps_per_epoch:
+            self.in_epoch = 0

@@ -10,6 +10,7 @@ backend), `summary.json` and `history.png`.
 
 import contextlib
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -18,12 +19,12 @@ import time
 import keras
 import numpy as np
 
-from simsiam_keras import backbones, checkpoint, knn, monitors, report
+from simsiam_keras import backbones, checkpoint, cli, knn, monitors, report
 from simsiam_keras.distribute import STRATEGIES, is_chief, is_multi_worker, make_strategy
 from simsiam_keras.model import SimSiam
 from simsiam_keras.optim import simsiam_optimizer
 
-PRECISIONS = ("none", "float16", "bfloat16")
+PRECISIONS = cli.PRECISIONS
 
 
 @dataclasses.dataclass
@@ -59,6 +60,7 @@ class PretrainConfig:
     deterministic: bool = False
     export: bool = True
     compare_random_init: bool = False
+    progress_every_s: float = 30.0  # progress lines when not on a terminal
 
 
 def validate(config):
@@ -80,7 +82,8 @@ def validate(config):
         if not value > 0:
             raise ValueError(f"--{name} must be positive; got {value!r}.")
     for name, value in {"weight_decay": c.weight_decay, "warmup_epochs": c.warmup_epochs,
-                        "knn_every": c.knn_every}.items():  # fmt: skip
+                        "knn_every": c.knn_every,
+                        "progress_every_s": c.progress_every_s}.items():  # fmt: skip
         if value < 0:
             raise ValueError(f"--{name} must be >= 0; got {value!r}.")
     if c.steps_per_epoch is not None and c.steps_per_epoch <= 0:
@@ -135,12 +138,79 @@ def _knn(backbone, train_eval, val_eval, k):
     return knn.backbone_knn_accuracy(backbone, train_eval, val_eval, k=k)["knn_top1"]
 
 
+# Flags that may differ from the workdir's config.json when a run is resumed: where things are
+# and what is reported, not what is trained (raising --epochs continues a finished run).
+RESUMABLE = (
+    "workdir", "data_dir", "val_dir", "epochs", "strategy", "knn_every", "knn_k",
+    "checkpoint_every", "export", "compare_random_init", "progress_every_s",
+)  # fmt: skip
+
+
+def resolve(config):
+    """`config` with its defaults that depend on other values filled in (no None left).
+
+    `projector_layers`: 2 for resnet18_cifar (App. D), else 3; `blur`: off at <= 32 px.
+    """
+    layers = config.projector_layers or (2 if config.backbone == "resnet18_cifar" else 3)
+    blur = config.blur if config.blur is not None else config.image_size > 32
+    return dataclasses.replace(config, projector_layers=layers, blur=blur)
+
+
+def check_workdir(config):
+    """Checks that `config` may run in its workdir; returns its finished summary, if any.
+
+    Reads only. A workdir whose `config.json` differs from `config` in a flag that changes
+    what is trained stops with a ValueError naming those flags.
+
+    Returns:
+        The workdir's `summary.json` dict when the run is finished at `config.epochs` (its
+        last checkpoint is at the end of the last epoch), else None.
+    """
+    c = config
+    found = checkpoint.latest(os.path.join(c.workdir, "checkpoints"))
+    path = os.path.join(c.workdir, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        mine = dataclasses.asdict(c)
+        differ = [
+            f"--{k}={previous.get(k)!r} (now {mine[k]!r})"
+            for k in mine
+            if k not in RESUMABLE and k in previous and previous[k] != mine[k]
+        ]
+        if differ:
+            raise ValueError(
+                f"--workdir {c.workdir!r} holds a run with other flags: {', '.join(differ)}. "
+                "Give a new --workdir, or the flags of that run to resume it."
+            )
+    elif found:
+        raise ValueError(f"--workdir {c.workdir!r} has checkpoints but no config.json.")
+    summary_path = os.path.join(c.workdir, "summary.json")
+    if found and os.path.exists(summary_path):
+        state = checkpoint.read_state(found)
+        if state["epoch"] >= c.epochs and state["step_in_epoch"] == 0:
+            with open(summary_path) as f:
+                return json.load(f)
+    return None
+
+
 def run(config, log=print):
-    """Runs (or resumes) the pretraining described by `config`; returns the summary dict."""
+    """Runs (or resumes) the pretraining described by `config`; returns the summary dict.
+
+    Every check (flags, data, the workdir's earlier run) passes before anything is written.
+    A finished run is not run again: its summary comes back with `"already_finished": True`.
+    SIGINT / SIGTERM during training save a checkpoint after the current step and raise
+    `cli.Interrupted` (the same call resumes).
+    """
     from simsiam_keras import data  # TensorFlow (tf.data) from here on
 
     validate(config)
-    c = config
+    c = resolve(config)
+    finished = check_workdir(c)
+    if finished is not None:
+        log(f"The run in {c.workdir!r} is finished (epochs: {c.epochs}); raise --epochs to "
+            "train on, or give a new --workdir.")  # fmt: skip
+        return {**finished, "already_finished": True}
     if c.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(f"mixed_{c.mixed_precision}")
     strategy, replicas = make_strategy(c.strategy)
@@ -162,15 +232,10 @@ def run(config, log=print):
     keras.utils.set_random_seed(c.seed)
     if c.deterministic:
         _deterministic_kernels()
-    if chief:  # config.json at the start, so a killed run's checkpoints can still be exported
-        os.makedirs(c.workdir, exist_ok=True)
-        report.write_json(os.path.join(c.workdir, "config.json"), dataclasses.asdict(c))
-    ckpt_dir = os.path.join(c.workdir, "checkpoints")
-
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = build_model(c, steps, distributed=strategy is not None)
-    summary = {"random_init_knn_top1": None}
-    if c.compare_random_init and knn_data:
+    summary = {"train": source.name, "random_init_knn_top1": None}
+    if c.compare_random_init and knn_data:  # before a checkpoint is restored into the model
         # With its BN statistics recomputed on the training images: the built ones (mean 0,
         # variance 1) would make the baseline look worse than it is (knn.recalibrated_copy).
         baseline = knn.recalibrated_copy(model.backbone, knn_data[0])
@@ -179,51 +244,26 @@ def run(config, log=print):
             "kNN top-1 of the random-init encoder (BN statistics recomputed on the training "
             f"images): {summary['random_init_knn_top1']:.2f}"
         )
-
-    found = checkpoint.latest(ckpt_dir)
+    found = checkpoint.latest(os.path.join(c.workdir, "checkpoints"))
     start_step = checkpoint.read_state(found)["step"] if found else 0
     if is_multi_worker(strategy):  # before the restore: no worker may be left waiting
         _check_same_start(strategy, start_step)
     if found:
-        checkpoint.restore(found, model)
-        log(f"Resuming from {found} (step {start_step}).")
-    total = c.epochs * steps
-    history = {}
-    ckpt = checkpoint.StepCheckpoint(ckpt_dir, c.checkpoint_every, steps, start_step, save=chief)
-    callbacks = [ckpt]
-    knn_monitor = None
-    if knn_data and c.knn_every:
-        knn_monitor = monitors.KNNMonitor(*knn_data, every=c.knn_every, k=c.knn_k)
-        callbacks.append(knn_monitor)
-    probe = next(iter(data.labeled_dataset(source, 256, c.image_size, require_labels=False)))[0]
-    collapse = monitors.CollapseMonitor(np.asarray(probe))
-    callbacks.append(collapse)
-    if chief:
-        callbacks.append(keras.callbacks.CSVLogger(os.path.join(c.workdir, "history.csv"),
-                                                   append=start_step > 0))  # fmt: skip
-        if keras.backend.backend() == "tensorflow":
-            # Per-epoch points plus loss, z_std and lr every 100 steps (an ImageNet epoch is
-            # 2,500 steps at batch 512).
-            callbacks.append(_TensorBoard(
-                os.path.join(c.workdir, "tensorboard"), update_freq=min(100, steps)))  # fmt: skip
-
+        checkpoint.restore(found, model)  # raises before anything is written on a mismatch
+        log(f"Resuming from {found} (step {start_step} of {c.epochs * steps}).")
+    if chief:  # config.json now, so a killed run's checkpoints can still be exported
+        os.makedirs(c.workdir, exist_ok=True)
+        report.write_json(os.path.join(c.workdir, "config.json"), dataclasses.asdict(c))
+    ckpt, knn_monitor, collapse, callbacks = _callbacks(c, model, source, knn_data, steps,
+                                                        start_step, chief)  # fmt: skip
     began = time.time()
-    step = start_step
-    while step < total and ckpt.nan_message is None:
-        epoch, in_epoch = divmod(step, steps)
-        # A resumed run first finishes its epoch, then runs whole epochs.
-        logs = model.fit(
-            train_dataset(source, c, strategy, start_batch=step), initial_epoch=epoch,
-            epochs=epoch + 1 if in_epoch else c.epochs,
-            steps_per_epoch=steps - in_epoch if in_epoch else steps, callbacks=callbacks,
-            verbose=2,
-        ).history  # fmt: skip
-        for key, values in logs.items():
-            history.setdefault(key, []).extend(float(v) for v in values)
-        step = ckpt.step
+    history = _train(model, source, c, strategy, steps, start_step, ckpt, callbacks)
+    seconds = time.time() - began
     if ckpt.nan_message:
         raise FloatingPointError(ckpt.nan_message)
-    seconds = time.time() - began
+    if ckpt.stop_signal is not None:
+        raise cli.Interrupted(ckpt.step, ckpt.stop_signal)
+    step = ckpt.step
 
     final_knn = knn_monitor.history[-1][1] if knn_monitor and knn_monitor.history else None
     if knn_data and final_knn is None and (c.compare_random_init or c.knn_every):
@@ -258,6 +298,69 @@ def run(config, log=print):
         report.plot_history(plotted, os.path.join(c.workdir, "history.png"), "SimSiam pretraining")
         report.write_json(os.path.join(c.workdir, "summary.json"), summary)
     return summary
+
+
+def _callbacks(c, model, source, knn_data, steps, start_step, chief):
+    """The run's callbacks, in the order their logs need: monitors, then writers."""
+    from simsiam_keras import data
+
+    ckpt_dir = os.path.join(c.workdir, "checkpoints")
+    ckpt = checkpoint.StepCheckpoint(ckpt_dir, c.checkpoint_every, steps, start_step, save=chief)
+    callbacks = [ckpt]
+    knn_monitor = None
+    if knn_data and c.knn_every:
+        knn_monitor = monitors.KNNMonitor(
+            *knn_data, every=c.knn_every, k=c.knn_k, progress_every_s=c.progress_every_s
+        )
+        callbacks.append(knn_monitor)
+    probe = next(iter(data.labeled_dataset(source, 256, c.image_size, require_labels=False)))[0]
+    collapse = monitors.CollapseMonitor(np.asarray(probe))
+    callbacks.append(collapse)
+    if chief:
+        callbacks.append(keras.callbacks.CSVLogger(os.path.join(c.workdir, "history.csv"),
+                                                   append=start_step > 0))  # fmt: skip
+        if _has_tensorflow():
+            # Per-epoch points plus loss, z_std and lr every 100 steps (an ImageNet epoch is
+            # 2,500 steps at batch 512). tf.summary writes them whatever the Keras backend.
+            callbacks.append(_TensorBoard(
+                os.path.join(c.workdir, "tensorboard"), update_freq=min(100, steps)))  # fmt: skip
+        callbacks.append(monitors.TrainingProgress(
+            c.epochs, steps, c.batch_size, c.progress_every_s, start_step))  # fmt: skip
+    return ckpt, knn_monitor, collapse, callbacks
+
+
+def _train(model, source, c, strategy, steps, start_step, ckpt, callbacks):
+    """`model.fit` from `start_step` to the end (a resumed run first finishes its epoch).
+
+    Returns the `History` of this process; stops early on a NaN loss or a signal.
+    """
+    import threading
+
+    history, step, total = {}, start_step, c.epochs * steps
+    signals = (
+        cli.stop_on_signals(ckpt.request_stop)
+        if threading.current_thread() is threading.main_thread()
+        else contextlib.nullcontext()
+    )
+    with signals:
+        while step < total and ckpt.nan_message is None and ckpt.stop_signal is None:
+            epoch, in_epoch = divmod(step, steps)
+            logs = model.fit(
+                train_dataset(source, c, strategy, start_batch=step), initial_epoch=epoch,
+                epochs=epoch + 1 if in_epoch else c.epochs,
+                steps_per_epoch=steps - in_epoch if in_epoch else steps, callbacks=callbacks,
+                verbose=0, shuffle=False,
+            ).history  # fmt: skip
+            for key, values in logs.items():
+                history.setdefault(key, []).extend(float(v) for v in values)
+            step = ckpt.step
+    return history
+
+
+def _has_tensorflow():
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow") is not None
 
 
 def _deterministic_kernels():

@@ -1,9 +1,11 @@
-"""Results for people: a JSON file and a PNG plot of the training curves in the workdir."""
+"""Results for people: progress lines, a JSON file and a PNG plot of the training curves."""
 
 import csv
 import json
 import math
 import os
+import sys
+import time
 
 PLOTTED = ("loss", "z_std", "probe_z_std", "knn_top1", "val_top1", "top1")
 
@@ -90,3 +92,83 @@ def read_csv_history(path):
 def json_line(results):
     """`results` as one JSON line (the last line scripts print)."""
     return json.dumps(results, default=lambda x: x.item() if hasattr(x, "item") else str(x))
+
+
+def _duration(seconds):
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class Progress:
+    """A progress line for long work: `what  done/total (pct)  rate  ETA  fields`.
+
+    On a terminal the line is rewritten in place (at most every 0.2 s); elsewhere (a log file,
+    CI) one line is printed every `every_s` seconds, so that an hour-long epoch still shows
+    that it moves. `done()` prints the final line.
+
+    Args:
+        what: what is being counted, e.g. "epoch 3/100".
+        total: the number of units of the whole work (None: unknown, no ETA).
+        unit: the rate's unit, e.g. "pairs/s"; `units_per_step` converts steps to it.
+        units_per_step: units per counted step (the batch size for pairs/s).
+        every_s: seconds between lines when not on a terminal.
+        stream: where to write (default: stdout).
+    """
+
+    def __init__(self, what, total=None, unit="steps/s", units_per_step=1, every_s=30.0,
+                 stream=None):  # fmt: skip
+        self.what = what
+        self.total = total
+        self.unit = unit
+        self.units_per_step = units_per_step
+        self.every_s = every_s
+        self.stream = stream or sys.stdout
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.start = time.monotonic()
+        self.last = self.start
+        self.width = 0
+
+    def line(self, done, fields=None, ran=None):
+        """The progress line after `done` steps, with `fields` (name -> number) appended.
+
+        `ran`: the steps this object has seen run, when `done` counts earlier ones too (a
+        resumed epoch); rate and ETA are measured on them.
+        """
+        ran = done if ran is None else ran
+        elapsed = time.monotonic() - self.start
+        parts = [self.what]
+        if self.total:
+            parts.append(f"{done}/{self.total} ({100 * done / self.total:.0f}%)")
+        else:
+            parts.append(f"{done}")
+        if ran > 0 and elapsed > 0:
+            parts.append(f"{ran * self.units_per_step / elapsed:.1f} {self.unit}")
+            if self.total and done < self.total:
+                parts.append(f"ETA {_duration(elapsed * (self.total - done) / ran)}")
+            else:
+                parts.append(f"{_duration(elapsed)}")
+        for name, value in (fields or {}).items():
+            parts.append(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}")
+        return "  ".join(parts)
+
+    def update(self, done, fields=None, ran=None):
+        """Shows the progress after `done` steps, if it is time to."""
+        now = time.monotonic()
+        if now - self.last < (0.2 if self.tty else self.every_s):
+            return
+        self.last = now
+        self._write(self.line(done, fields, ran), final=False)
+
+    def done(self, done, fields=None, ran=None):
+        """The final line (always printed)."""
+        self._write(self.line(done, fields, ran), final=True)
+
+    def _write(self, text, final):
+        if self.tty:
+            padded = text.ljust(self.width)
+            self.width = len(text)
+            self.stream.write("\r" + padded + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()

@@ -1,0 +1,173 @@
+"""The user's path through the scripts: workdirs, reruns, interrupts, quiet logs, bad input."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from simsiam_keras import checkpoint, cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = [
+    "--backbone=resnet18_cifar", "--width=0.125", "--image_size=16", "--dim=64",
+    "--pred_dim=16", "--batch_size=32", "--knn_every=0", "--compare_random_init=false",
+    "--export=false",
+]  # fmt: skip
+# What stderr must not hold on a plain run (each was seen there before).
+NOISE = [
+    r"I0000 ", r"absl::InitializeLog", r"cuInit", r"shuffle=True", r"ran out of data",
+    r"Traceback", r"^[IWE]\d{4} ",
+]  # fmt: skip
+
+
+def _environ():
+    """The user's environment: without the TF_CPP_MIN_LOG_LEVEL that conftest sets."""
+    return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+
+def _script(name, *args, cwd=ROOT, timeout=600):
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", f"{name}.py"), *args]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=_environ()
+    )
+
+
+def _last_json(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _files(directory):
+    found = {}
+    for base, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(base, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, directory)] = f.read()
+    return found
+
+
+def _folder(path, n=64, size=16):
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        os.makedirs(path / f"c{i % 2}", exist_ok=True)
+        pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path / f"c{i % 2}" / f"{i}.png")
+    return path
+
+
+def test_default_workdir_names():
+    assert cli.default_workdir(["p.py"]) == os.path.join("runs", "quickstart")
+    assert cli.default_workdir(["p.py", "--flagfile=configs/in1k.cfg"]) == os.path.join(
+        "runs", "in1k"
+    )
+    argv = ["p.py", "--flagfile", "a/cifar10.cfg", "--epochs=3"]
+    assert cli.default_workdir(argv) == os.path.join("runs", "cifar10")
+
+
+def test_a_workdir_is_never_damaged_and_a_finished_run_is_not_rerun(tmp_path):
+    # The flagfile names the default workdir; the run is quiet on stderr; its config and
+    # summary hold resolved values and the real source.
+    images = _folder(tmp_path / "images")
+    flagfile = tmp_path / "mine.cfg"
+    flagfile.write_text("\n".join([*SMALL, f"--train_dir={images}", "--epochs=1"]) + "\n")
+    first = _script("pretrain", f"--flagfile={flagfile}", cwd=tmp_path)
+    summary = _last_json(first)
+    for pattern in NOISE:
+        assert not re.search(pattern, first.stderr, re.M), (pattern, first.stderr[-2000:])
+    work = tmp_path / "runs" / "mine"
+    assert summary["train"] == str(images) and summary["steps"] == 2
+    config = json.loads((work / "config.json").read_text())
+    assert config["projector_layers"] == 2 and config["blur"] is False
+    assert "epoch 1/1  2/2 (100%)" in first.stdout  # the epoch's progress line
+    before = _files(work)
+
+    # Rerunning the finished run: says so, prints its summary, changes nothing.
+    again = _script("pretrain", f"--flagfile={flagfile}", cwd=tmp_path)
+    assert "is finished" in again.stdout
+    rerun = _last_json(again)
+    assert rerun["already_finished"] and rerun["steps"] == 2
+    assert _files(work) == before
+
+    # Another run's flags: one line naming the flags that differ; nothing written.
+    other = _script("pretrain", f"--flagfile={flagfile}", "--width=0.25", "--seed=3", cwd=tmp_path)
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    lines = other.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--width=0.125 (now 0.25)" in lines[0] and "--seed=0" in lines[0]
+    assert "new --workdir" in lines[0]
+    assert _files(work) == before
+
+    # Raising --epochs continues the finished run.
+    continued = _script("pretrain", f"--flagfile={flagfile}", "--epochs=2", cwd=tmp_path)
+    assert "(step 2 of 4)" in continued.stdout
+    more = _last_json(continued)
+    assert more["steps"] == 4 and not more.get("already_finished")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_saves_says_one_line_and_the_rerun_resumes(tmp_path, signum):
+    work = tmp_path / "run"
+    args = [*SMALL, f"--workdir={work}", "--epochs=1", "--steps_per_epoch=40",
+            "--checkpoint_every=1000", "--progress_every_s=0"]  # fmt: skip
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "pretrain.py"), *args]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_environ()
+    )
+    seen = []
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait for the third training step
+        line = proc.stdout.readline()
+        seen.append(line)
+        if line.startswith("epoch 1/1  3/40"):
+            break
+        assert line, "".join(seen) + proc.stderr.read()
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signum, err
+    assert err.strip().count("\n") == 0, err  # one line, no traceback, no TF log lines
+    last = err.strip()
+    match = re.fullmatch(r"Interrupted at step (\d+); run the same command to resume\.", last)
+    assert match, err
+    step = int(match.group(1))
+    assert 3 <= step < 40
+    found = checkpoint.latest(str(work / "checkpoints"))
+    assert found and checkpoint.read_state(found)["step"] == step  # saved although not due
+
+    resumed = _script("pretrain", *args)
+    assert f"(step {step} of 40)" in resumed.stdout
+    assert _last_json(resumed)["steps"] == 40
+
+
+SCRIPTS_WITH_A_BAD_PATH = {
+    "pretrain": ["--train_dir=/no/such/folder"],
+    "knn_eval": ["--pretrained=/no/such/model.keras"],
+    "linear_eval": ["--pretrained=/no/such/model.keras"],
+    "show_views": ["--train_dir=/no/such/folder"],
+    "export": ["--workdir=/no/such/run"],
+    "make_jpeg_folder": ["--src=/no/such/folder", "--out=/tmp/simsiam_never_written"],
+    "benchmark": ["pipeline", "--train_dir=/no/such/folder"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS_WITH_A_BAD_PATH))
+def test_every_script_fails_with_one_line_on_a_bad_path(name):
+    result = _script(name, *SCRIPTS_WITH_A_BAD_PATH[name], timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{name}.py: "), result.stderr
+    assert "/no/such" in lines[0]
+
+
+def test_a_flag_typo_is_one_line_with_a_suggestion():
+    result = _script("pretrain", "--epoch=3")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "pretrain.py: Unknown command line flag 'epoch'. Did you mean: epochs ? (see --helpshort)."
+    ]
