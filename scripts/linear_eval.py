@@ -52,6 +52,9 @@ _PROTOCOL = flags.DEFINE_enum(
 _L2 = flags.DEFINE_float(
     "l2", 1.0, "--protocol=features: inverse L2 strength on standardised features."
 )
+_PROGRESS = flags.DEFINE_float(
+    "progress_every_s", 30.0, "Seconds between progress lines when not on a terminal."
+)
 FEATURES_MAX_IMAGES = 200_000
 
 
@@ -65,6 +68,8 @@ def _validate():
             raise cli.UsageError(f"--{name} must be positive; got {flags.FLAGS[name].value}.")
     if _STEPS.value is not None and _STEPS.value <= 0:
         raise cli.UsageError("--steps_per_epoch must be positive.")
+    if _PROGRESS.value < 0:
+        raise cli.UsageError("--progress_every_s must be >= 0.")
     if not _L2.value > 0:
         raise cli.UsageError(f"--l2 must be positive; got {_L2.value}.")
     if bool(_TRAIN_DIR.value) != bool(_VAL_DIR.value):
@@ -113,8 +118,9 @@ def main(argv):
     start = time.time()
     if protocol == "features":
         fit = linear.fit_on_features(
-            model, data.labeled_dataset(train, batch, size), val_ds, _L2.value
-        )
+            model, data.labeled_dataset(train, batch, size), val_ds, _L2.value,
+            progress_every_s=_PROGRESS.value,
+        )  # fmt: skip
         linear.check_unchanged(backbone, before)
         results = {
             "val_top1": fit["top1"],
@@ -140,8 +146,21 @@ def main(argv):
             keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
         ],
     )
+    from simsiam_keras import monitors
+
+    progress = monitors.TrainingProgress(
+        _EPOCHS.value, steps, batch, _PROGRESS.value, shown=("loss", "top1"), unit="images/s"
+    )
     history = model.fit(
-        train_ds, epochs=_EPOCHS.value, steps_per_epoch=steps, validation_data=val_ds, verbose=2
+        train_ds,
+        epochs=_EPOCHS.value,
+        steps_per_epoch=steps,
+        validation_data=val_ds,
+        verbose=0,
+        shuffle=False,
+        callbacks=[progress],
+        # Without it Keras warns "Your input ran out of data" at the end of each validation.
+        validation_steps=-(-val.size // batch),
     ).history
     linear.check_unchanged(backbone, before)  # raises if the frozen backbone moved
     val_top1 = [100 * v for v in history["val_top1"]]

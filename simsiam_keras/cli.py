@@ -181,6 +181,9 @@ def run(main, positional=0, tensorflow=True):
     name = os.path.basename(sys.argv[0])
 
     def fail(message, code):
+        message = " ".join(str(message).split())
+        if len(message) > 1000:  # a library's message that carries a whole config
+            message = message[:1000] + " ... (--verbosity=0 for the traceback)"
         print(f"{name}: {message}", file=sys.stderr, flush=True)
         sys.exit(code)
 

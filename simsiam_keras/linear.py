@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from simsiam_keras import device_augment
+from simsiam_keras import model as _model  # noqa: F401 (registers SimSiam for load_model)
 from simsiam_keras.lars import LARS
 from simsiam_keras.optim import SGD, SimSiamSchedule
 
@@ -65,7 +66,7 @@ def linear_optimizer(name, batch_size, epochs, steps_per_epoch, base_lr=None, we
     return SGD(schedule, momentum=0.9, weight_decay=weight_decay)
 
 
-def fit_on_features(classifier, train_data, val_data, l2=1.0, max_iter=1000):
+def fit_on_features(classifier, train_data, val_data, l2=1.0, max_iter=1000, progress_every_s=None):
     """The linear layer of `classifier` fitted on frozen features by L-BFGS (small datasets).
 
     The official protocol (LARS at trust 0.001, 90 epochs at batch 4096 with augmentation) is
@@ -82,6 +83,7 @@ def fit_on_features(classifier, train_data, val_data, l2=1.0, max_iter=1000):
         val_data: `(images, labels)` batches of the validation split.
         l2: inverse regularisation strength (scikit-learn's `C`) on standardised features.
         max_iter: L-BFGS iterations.
+        progress_every_s: feature-extraction progress lines at this interval (None: silent).
 
     Returns:
         A dict: `top1`, `top5` and `train_top1` (percent), `iterations`.
@@ -90,8 +92,9 @@ def fit_on_features(classifier, train_data, val_data, l2=1.0, max_iter=1000):
 
     from simsiam_keras import knn
 
-    train_x, train_y = knn.extract_features(classifier.backbone, train_data, normalize=False)
-    val_x, val_y = knn.extract_features(classifier.backbone, val_data, normalize=False)
+    every = progress_every_s
+    train_x, train_y = knn.extract_features(classifier.backbone, train_data, 256, False, every)
+    val_x, val_y = knn.extract_features(classifier.backbone, val_data, 256, False, every)
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     solver = LogisticRegression(C=l2, max_iter=max_iter)
     solver.fit((train_x - mean) / std, train_y)
@@ -201,7 +204,8 @@ def load_backbone(path, image_size=None):
     try:
         model = keras.models.load_model(path)
     except Exception as e:
-        raise ValueError(f"Could not load a Keras model from {path!r}: {e}") from None
+        first = str(e).split(". ")[0][:300]  # Keras appends the whole model config
+        raise ValueError(f"Could not load a Keras model from {path!r}: {first}") from None
     backbone = getattr(model, "backbone", model)
     shape = backbone.input_shape
     if image_size is not None and shape[1] is not None and shape[1] != image_size:

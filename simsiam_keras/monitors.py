@@ -268,13 +268,15 @@ class TrainingProgress(keras.callbacks.Callback):
         every_s: seconds between lines when not on a terminal.
         initial_step: the global step of a resumed run's first step.
         stream: where to write (default: stdout).
+        shown: the logged numbers shown within an epoch.
+        unit: the rate's unit (steps x batch size per second).
     """
 
-    SHOWN = ("loss", "z_std", "lr")
-
     def __init__(self, epochs, steps_per_epoch, batch_size, every_s=30.0, initial_step=0,
-                 stream=None):  # fmt: skip
+                 stream=None, shown=("loss", "z_std", "lr"), unit="pairs/s"):  # fmt: skip
         super().__init__()
+        self.shown = shown
+        self.unit = unit
         self.epochs = epochs
         self.steps_per_epoch = steps_per_epoch
         self.batch_size = batch_size
@@ -285,7 +287,7 @@ class TrainingProgress(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.progress = report.Progress(
-            f"epoch {epoch + 1}/{self.epochs}", self.steps_per_epoch, "pairs/s",
+            f"epoch {epoch + 1}/{self.epochs}", self.steps_per_epoch, self.unit,
             self.batch_size, self.every_s, self.stream,
         )  # fmt: skip
         self.progress.start_step = self.in_epoch
@@ -301,7 +303,7 @@ class TrainingProgress(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.in_epoch += 1
-        fields = {k: v for k, v in self._fields(logs).items() if k in self.SHOWN}
+        fields = {k: v for k, v in self._fields(logs).items() if k in self.shown}
         self.progress.update(self.in_epoch, fields, self.in_epoch - self.progress.start_step)
 
     def on_epoch_end(self, epoch, logs=None):

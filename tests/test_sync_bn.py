@@ -1,0 +1,119 @@
+"""`synchronized_bn="auto"`: SyncBN exactly when built under a multi-replica tf.distribute strategy.
+
+The MirroredStrategy check needs 2 logical CPU devices, set before TensorFlow initialises its
+devices, and its own process (KERAS_NOTES trap 3): this file runs itself as
+    KERAS_BACKEND=tensorflow python tests/test_sync_bn.py
+which prints one JSON line.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import simsiam_keras as sk
+from simsiam_keras import heads
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 16
+
+
+def _tiny_simsiam(**kwargs):
+    backbone = sk.build_resnet("resnet18_cifar", width=0.125, image_size=SIZE, **kwargs)
+    return sk.SimSiam(backbone, dim=32, pred_dim=8, projector_layers=2, **kwargs)
+
+
+def _flags(model):
+    """{part: [BatchNormalization.synchronized, ...]} for backbone, projector and predictor."""
+    return {
+        part: [
+            layer.synchronized
+            for layer in getattr(model, part).layers
+            if isinstance(layer, keras.layers.BatchNormalization)
+        ]
+        for part in ("backbone", "projector", "predictor")
+    }
+
+
+def _check_counts(flags):
+    # resnet18_cifar: stem + 2 per block x 8 + 3 shortcuts; 2-layer projector: 2; predictor: 1.
+    assert {part: len(v) for part, v in flags.items()} == {
+        "backbone": 20, "projector": 2, "predictor": 1
+    }  # fmt: skip
+
+
+@pytest.mark.multibackend
+def test_auto_is_false_without_a_strategy():
+    model = _tiny_simsiam()
+    flags = _flags(model)
+    _check_counts(flags)
+    assert not any(any(v) for v in flags.values()), flags
+    assert model.get_config()["synchronized_bn"] is False
+    assert heads.resolve_synchronized_bn("auto") is False
+    assert heads.resolve_synchronized_bn(True) is True
+    with pytest.raises(ValueError, match='True, False or "auto"'):
+        heads.resolve_synchronized_bn("yes")
+    if keras.backend.backend() != "tensorflow":  # Keras's SyncBN is TensorFlow-only
+        with pytest.raises(ValueError, match="only supported with the TensorFlow backend"):
+            sk.build_resnet("resnet18_cifar", width=0.125, synchronized_bn=True)
+
+
+def test_auto_is_false_under_a_one_replica_strategy():
+    tf = pytest.importorskip("tensorflow")
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        assert tf.distribute.has_strategy()
+        flags = _flags(_tiny_simsiam())
+    assert not any(any(v) for v in flags.values()), flags
+
+
+def test_auto_is_true_under_mirrored_strategy_on_two_devices():
+    pytest.importorskip("tensorflow")
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", PYTHONPATH=ROOT)
+    cmd = [sys.executable, os.path.abspath(__file__)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2
+    for key in ("auto", "reloaded", "explicit_false"):
+        _check_counts(report[key])
+    assert all(all(v) for v in report["auto"].values()), report["auto"]
+    assert report["auto_config"] is True
+    # The stored bool, not "auto": rebuilt outside any strategy it is still SyncBN.
+    assert all(all(v) for v in report["reloaded"].values()), report["reloaded"]
+    assert not any(any(v) for v in report["explicit_false"].values()), report["explicit_false"]
+    assert np.isfinite(report["loss"])  # one SyncBN train step on 2 replicas
+
+
+def _mirrored_report():
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        auto = _tiny_simsiam()
+        explicit_false = _tiny_simsiam(synchronized_bn=False)
+        auto.compile(optimizer=keras.optimizers.SGD(0.01))
+    config = auto.get_config()
+    reloaded = sk.SimSiam.from_config(json.loads(json.dumps(config)))
+    rng = np.random.default_rng(0)
+    x1, x2 = (rng.normal(size=(16, SIZE, SIZE, 3)).astype("float32") for _ in range(2))
+    dataset = tf.data.Dataset.from_tensor_slices(((x1, x2),)).batch(16)
+    history = auto.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0)
+    return {
+        "replicas": strategy.num_replicas_in_sync,
+        "auto": _flags(auto),
+        "auto_config": config["synchronized_bn"],
+        "reloaded": _flags(reloaded),
+        "explicit_false": _flags(explicit_false),
+        "loss": float(history.history["loss"][0]),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(_mirrored_report()))
