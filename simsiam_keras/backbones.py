@@ -70,7 +70,7 @@ def _bottleneck_block(x, filters, stride, name, sync):
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
 
-def build_resnet(name="resnet18_cifar", width=1.0, image_size=None, synchronized_bn=False):
+def build_resnet(name="resnet18_cifar", width=1.0, image_size=None, synchronized_bn="auto"):
     """Builds a ResNet backbone ending in global average pooling.
 
     Args:
@@ -79,15 +79,19 @@ def build_resnet(name="resnet18_cifar", width=1.0, image_size=None, synchronized
         width: multiplier on every stage's channels (1.0 is the paper's network); small values
             make CPU-sized experiments. Each stage keeps at least 8 channels.
         image_size: optional fixed input height/width; None accepts any size.
-        synchronized_bn: BN statistics across replicas (SyncBN; TensorFlow backend only,
-            KERAS_NOTES trap 2).
+        synchronized_bn: BN statistics across replicas (SyncBN): True, False or "auto"
+            (default): True when built under a `tf.distribute` strategy with more than one
+            replica (TensorFlow backend), else False; always False on JAX and PyTorch, where
+            True raises (KERAS_NOTES trap 2). Resolved here, so every BatchNormalization
+            layer stores a bool. See `heads.resolve_synchronized_bn`.
 
     Returns:
         A functional `keras.Model` from `[N, H, W, 3]` normalised images to `[N, C]` features,
         with `C = 512 * width` (ResNet-18) or `2048 * width` (ResNet-50).
 
     Raises:
-        ValueError: for an unknown name, a non-positive width or image size.
+        ValueError: for an unknown name, a non-positive width or image size, or a
+            `synchronized_bn` other than True, False or "auto".
     """
     if name not in _BLOCKS:
         raise ValueError(f"Unknown backbone. Expected one of {BACKBONES}. Received: name={name!r}")
@@ -97,7 +101,7 @@ def build_resnet(name="resnet18_cifar", width=1.0, image_size=None, synchronized
         raise ValueError(
             f"`image_size` must be a positive int. Received: image_size={image_size!r}"
         )
-    sync = synchronized_bn
+    sync = heads.resolve_synchronized_bn(synchronized_bn)
     inputs = keras.Input((image_size, image_size, 3), name="images")
     stem = _channels(64, width)
     if name == "resnet18_cifar":

@@ -45,8 +45,12 @@ class SimSiam(keras.Model):
         pred_dim: predictor bottleneck width (paper: 512).
         projector_layers: 3 (ImageNet, App. A) or 2 (CIFAR variant, App. D).
         stop_gradient: False removes the stop-gradient: the collapse ablation of Fig. 2.
-        synchronized_bn: SyncBN in the heads across replicas (TensorFlow backend only; the
-            backbone's BN is set when it is built).
+        synchronized_bn: SyncBN in the heads across replicas: True, False or "auto"
+            (default): True when the model is built under a `tf.distribute` strategy with more
+            than one replica (TensorFlow backend), else False; always False on JAX and
+            PyTorch, where True raises (see `heads.resolve_synchronized_bn`). Resolved here to
+            a bool, which `get_config` stores, so a saved model reloads identically. The
+            backbone's BN is set when it is built (`build_resnet` has the same default).
         augment: an optional layer applied to each view first, e.g.
             `device_augment.ViewAugment()` when the pipeline leaves the colour steps to the
             accelerator (`augment_on="device"`); it gets the `training` flag.
@@ -70,7 +74,7 @@ class SimSiam(keras.Model):
         pred_dim=512,
         projector_layers=3,
         stop_gradient=True,
-        synchronized_bn=False,
+        synchronized_bn="auto",
         augment=None,
         **kwargs,
     ):
@@ -80,6 +84,7 @@ class SimSiam(keras.Model):
                 f"Received: backbone={backbone!r}"
             )
         feature_dim = backbones.feature_dim(backbone)
+        synchronized_bn = heads.resolve_synchronized_bn(synchronized_bn)
         super().__init__(**kwargs)
         # Layers.
         self.backbone = backbone
@@ -93,7 +98,7 @@ class SimSiam(keras.Model):
         self.pred_dim = pred_dim
         self.projector_layers = projector_layers
         self.stop_gradient = stop_gradient
-        self.synchronized_bn = synchronized_bn
+        self.synchronized_bn = synchronized_bn  # the resolved bool
         # All variables exist now; `fit` must not try a symbolic build on the two-view input
         # (KERAS_NOTES trap 15).
         self.built = True
