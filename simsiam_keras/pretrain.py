@@ -453,16 +453,70 @@ def build_model(config, steps_per_epoch, distributed=False):
 
 
 def export_or_explain(model, config, log=print):
-    """Exports the backbone (TF backend); elsewhere logs the command that does it."""
+    """Exports the backbone to `WORKDIR/export/backbone`; returns the path, or None on failure.
+
+    TensorFlow and JAX export in this process (`export.export_backbone`). PyTorch cannot: a
+    TensorFlow-backend subprocess exports `WORKDIR/model.keras` (saved just before), which
+    holds the same weights.
+    """
     path = os.path.join(config.workdir, "export", "backbone")
-    if keras.backend.backend() != "tensorflow":
+    if keras.backend.backend() != "torch":
+        from simsiam_keras import export
+
+        export.export_backbone(
+            model.backbone, path, config.image_size, config.backbone, config.width
+        )
+        log(f"Exported the backbone to {path}")
+        return path
+    code = f"from simsiam_keras import pretrain; pretrain.export_workdir({config.workdir!r})"
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
         log(
-            "SavedModel export needs TensorFlow; the weights are in model.keras. Export with: "
-            f"KERAS_BACKEND=tensorflow python scripts/export.py --workdir {config.workdir}"
+            f"The SavedModel export failed ({reason}); the weights are in model.keras. Export "
+            f"with: KERAS_BACKEND=tensorflow python scripts/export.py --workdir {config.workdir}"
         )
         return None
-    from simsiam_keras import export
-
-    export.export_backbone(model.backbone, path, config.image_size, config.backbone, config.width)
-    log(f"Exported the backbone to {path}")
+    log(f"Exported the backbone to {path} (in a TensorFlow-backend process)")
     return path
+
+
+def export_workdir(workdir, out=None, from_checkpoint=False):
+    """Exports the backbone of the pretraining run in `workdir` as a SavedModel.
+
+    Args:
+        workdir: a pretraining workdir (its `model.keras`, or its checkpoints and
+            `config.json`).
+        out: output directory (default: `WORKDIR/export/backbone`).
+        from_checkpoint: export the last step checkpoint instead of `model.keras`.
+
+    Returns:
+        `(path, image_size)`.
+
+    Raises:
+        ValueError: no model to export in `workdir`.
+    """
+    from simsiam_keras import export, linear
+
+    out = out or os.path.join(workdir, "export", "backbone")
+    config_path = os.path.join(workdir, "config.json")  # written when the run starts
+    config = {}
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            config = json.load(f)
+    if from_checkpoint:
+        found = checkpoint.latest(os.path.join(workdir, "checkpoints"))
+        if not found or not config:
+            raise ValueError(f"No checkpoint and config.json in {workdir!r}.")
+        model = build_model(PretrainConfig(**config), steps_per_epoch=1)
+        checkpoint.restore(found, model)
+        backbone = model.backbone
+    else:
+        backbone = linear.load_backbone(workdir)
+    size = config.get("image_size") or backbone.input_shape[1]
+    export.export_backbone(backbone, out, size, config.get("backbone"), config.get("width"))
+    return out, size
