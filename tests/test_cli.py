@@ -77,7 +77,8 @@ def test_a_workdir_is_never_damaged_and_a_finished_run_is_not_rerun(tmp_path):
     # summary hold resolved values and the real source.
     images = _folder(tmp_path / "images")
     flagfile = tmp_path / "mine.cfg"
-    flagfile.write_text("\n".join([*SMALL, f"--train_dir={images}", "--epochs=1"]) + "\n")
+    flags = [*SMALL, f"--train_dir={images}", "--epochs=1", "--export=true"]  # export: quiet too
+    flagfile.write_text("\n".join(flags) + "\n")
     first = _script("pretrain", f"--flagfile={flagfile}", cwd=tmp_path)
     summary = _last_json(first)
     for pattern in NOISE:
