@@ -121,7 +121,9 @@ def main(argv):
         print(f"kNN top-1: pretrained {knn:.1f} vs random-init {rand:.1f} ({train})")
     keys = ("train", "knn_top1", "random_init_knn_top1", "steps", "wall_s", "pairs_per_s",
             "export", "already_finished")  # fmt: skip
-    print(report.json_line({"what": "pretrain", **{k: summary.get(k) for k in keys}}))
+    line = {"what": "pretrain", **{k: summary.get(k) for k in keys}}
+    line["already_finished"] = bool(summary.get("already_finished"))
+    print(report.json_line(line))
 
 
 if __name__ == "__main__":

@@ -270,13 +270,16 @@ def run(config, log=print):
         final_knn = _knn(model.backbone, *knn_data, c.knn_k)
     summary.update(
         {
-            "final": {k: v[-1] for k, v in history.items() if v},
+            "final": _final(history, os.path.join(c.workdir, "history.csv")),
             "knn_top1": final_knn,
             "collapsed": collapse.collapsed,
             "config": dataclasses.asdict(c),
             "steps": step,
             "wall_s": seconds,
-            "pairs_per_s": (step - start_step) * c.batch_size / max(seconds, 1e-9),
+            # Of this process (None when it trained no step: a resume at the very end).
+            "pairs_per_s": (
+                (step - start_step) * c.batch_size / seconds if step > start_step else None
+            ),
             "backend": keras.backend.backend(),
             "replicas": replicas,
             "seed": c.seed,
@@ -361,6 +364,22 @@ def _has_tensorflow():
     import importlib.util
 
     return importlib.util.find_spec("tensorflow") is not None
+
+
+def _final(history, csv_path):
+    """The last epoch's numbers, from `history.csv` and this process's `History`.
+
+    Every process of a resumed run appends to `history.csv`, so a process that only finished
+    the run (its last step was already checkpointed) still reports the last epoch's numbers.
+    """
+    rows = report.read_csv_history(csv_path) or {}
+    final = {
+        k: next((x for x in reversed(v) if x is not None), None)
+        for k, v in rows.items()
+        if not k.endswith("_epochs")
+    }
+    final.update({k: v[-1] for k, v in history.items() if v})
+    return {k: v for k, v in final.items() if v is not None}
 
 
 def _deterministic_kernels():
