@@ -8,9 +8,10 @@ A script starts with::
 
 and ends with `cli.run(main)` instead of `absl.app.run(main)`. Then:
 
-* TensorFlow's C++ start-up lines (oneDNN, CUDA probing, CPU features) and other libraries'
-  informational logs are silenced; this package's own warnings (skipped image files, say) and
-  every library's errors still show. Any `--verbosity` flag (absl's) shows everything.
+* TensorFlow's C++ log lines (oneDNN, CUDA probing, CPU features; its C++ errors reach
+  Python as exceptions) and other libraries' informational and warning logs are silenced; this
+  package's own warnings (skipped image files, say), Python warnings (a collapse) and every
+  library's Python-side errors still show. Any `--verbosity` flag (absl's) shows everything.
 * A flag typo or a bad value prints one line, `script.py: reason`, and exits with 2; a failure
   while working (a `ValueError`, `OSError` or `FloatingPointError`) prints one line and exits
   with 1; Ctrl-C or SIGTERM exits with 130 or 143, with one line and no traceback.
