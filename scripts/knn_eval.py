@@ -1,4 +1,4 @@
-r"""kNN accuracy of a pretrained backbone (k=200, T=0.2, cosine, weighted vote; RECIPE.md).
+r"""kNN accuracy of a pretrained backbone (k=200, T=0.2, cosine, weighted vote; docs/recipe.md).
 
   python scripts/knn_eval.py --pretrained PATH --train_dir A --val_dir B --image_size 32
   python scripts/knn_eval.py --pretrained PATH --dataset cifar10 --image_size 32

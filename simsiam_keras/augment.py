@@ -1,16 +1,15 @@
-"""The paper's view recipe (Sec. 4, App. A; RECIPE.md) with torchvision's semantics.
+"""The paper's view recipe (Sec. 4, App. A; docs/recipe.md) with torchvision's semantics.
 
 One image at a time, for `tf.data.Dataset.map`. Why per-image TensorFlow ops and not KerasCV or
-Keras layers (KERAS_NOTES traps 4-5): KerasCV's `RandomCropAndResize` samples the aspect ratio
-uniformly and clips instead of torchvision's 10 attempts with a centre-crop fallback; Keras's
-`RandomGaussianBlur` draws one sigma per batch; `RandomColorJitter` is additive with a fixed
-order and no apply probability. And speed: the nearest KerasCV layer pipeline ran at 0.33x the
-image pairs per second of this module at 224 px on 2 cores
-(`scripts/benchmark.py pipeline --impl kerascv`, README). So each op here is written from
-torchvision's definition and randomness is drawn per image from a stateless seed (the same
-seed gives the same views whatever the parallelism). The steps after the crop run XLA-compiled
-in the pipeline (`augment_cropped(..., compiled=True)`); `device_augment.py` has the same steps
-in `keras.ops` for the accelerator.
+Keras layers (docs/keras_notes.md, traps 4-5): KerasCV's `RandomCropAndResize` samples the
+aspect ratio uniformly and clips instead of torchvision's 10 attempts with a centre-crop fallback;
+Keras's `RandomGaussianBlur` draws one sigma per batch; `RandomColorJitter` is additive with a fixed
+order and no apply probability. And speed: the nearest KerasCV layer pipeline ran at 0.33x the image
+pairs per second of this module at 224 px on 2 cores (`scripts/benchmark.py pipeline --impl
+kerascv`, README). So each op here is written from torchvision's definition and randomness is drawn
+per image from a stateless seed (the same seed gives the same views whatever the parallelism). The
+steps after the crop run XLA-compiled in the pipeline (`augment_cropped(..., compiled=True)`);
+`device_augment.py` has the same steps in `keras.ops` for the accelerator.
 
 Every image is float32 RGB in [0, 1] until `normalize`.
 """

@@ -1,6 +1,6 @@
 """ResNet backbones as the paper used them: torchvision's ResNet-18/50 (v1.5), NHWC.
 
-Differences from `keras.applications.ResNet50` that matter here (KERAS_NOTES trap 13): the
+Differences from `keras.applications.ResNet50` that matter here (docs/keras_notes.md, trap 13): the
 stride of a bottleneck block sits on its 3x3 conv (v1.5), convolutions have no bias, BN uses
 PyTorch's momentum/epsilon, padding is symmetric like PyTorch's (Keras "same" pads stride-2
 convs asymmetrically), and the last BN of every residual block starts with gamma = 0
@@ -82,7 +82,7 @@ def build_resnet(name="resnet18_cifar", width=1.0, image_size=None, synchronized
         synchronized_bn: BN statistics across replicas (SyncBN): True, False or "auto"
             (default): True when built under a `tf.distribute` strategy with more than one
             replica (TensorFlow backend), else False; always False on JAX and PyTorch, where
-            True raises (KERAS_NOTES trap 2). Resolved here, so every BatchNormalization
+            True raises (docs/keras_notes.md, trap 2). Resolved here, so every BatchNormalization
             layer stores a bool. See `heads.resolve_synchronized_bn`.
 
     Returns:

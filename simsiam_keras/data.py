@@ -4,11 +4,12 @@ A `Source` is a dataset of `(item, label)` where the item is a decoded image, en
 bytes or a file path. Pipelines built from it:
 
 * `two_view_dataset`: `((x1, x2),)` batches for `SimSiam.fit`. Both views of an image come from
-  one read, in one map (DESIGN.md: never zip two separately shuffled datasets): the image is
-  decoded once and cropped twice. For a single crop (the linear protocol's training view) JPEGs
-  are decoded with the crop fused into the decode (`tf.io.decode_and_crop_jpeg`: only the
-  crop's blocks are decoded; it differs from decode-then-crop only on the crop's border pixels,
-  where libjpeg upsamples chroma without the neighbouring block).
+  one read, in one map (never zip two separately shuffled datasets: the views would come from
+  different images): the image is decoded once and cropped twice. For a single crop (the linear
+  protocol's training view) JPEGs are decoded with the crop fused into the decode
+  (`tf.io.decode_and_crop_jpeg`: only the crop's blocks are decoded; it differs from
+  decode-then-crop only on the crop's border pixels, where libjpeg upsamples chroma without the
+  neighbouring block).
 * `labeled_dataset`: `(images, labels)` batches for kNN and linear evaluation (the evaluation
   transform, or the linear protocol's training crop and flip).
 

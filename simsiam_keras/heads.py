@@ -1,7 +1,7 @@
 """Projector and predictor MLPs, exactly as the paper (Sec. 3, App. A and D) and official code.
 
 BatchNormalization uses PyTorch's settings (Keras momentum 0.9 == PyTorch momentum 0.1;
-epsilon 1e-5): KERAS_NOTES trap 14.
+epsilon 1e-5): docs/keras_notes.md, trap 14.
 """
 
 import keras

@@ -1,6 +1,6 @@
 """Initialisers that reproduce the PyTorch defaults the official SimSiam code relies on.
 
-RECIPE.md / paper App. A: the heads keep PyTorch's default `nn.Linear` init (an fc init with
+docs/recipe.md / paper App. A: the heads keep PyTorch's default `nn.Linear` init (an fc init with
 std 0.01 "may not converge"), and the ResNet keeps torchvision's init (Kaiming-normal, fan-out).
 """
 

@@ -3,7 +3,7 @@
 The train set's L2-normalised pooled backbone features are the memory; each query votes with
 its k = 200 nearest memory features by cosine similarity, each vote weighted exp(sim / 0.2)
 (Wu et al., "Unsupervised Feature Learning via Non-Parametric Instance Discrimination",
-CVPR 2018; RECIPE.md "kNN monitor"). NumPy only: it runs on every Keras backend and on
+CVPR 2018; docs/recipe.md, "Monitors"). NumPy only: it runs on every Keras backend and on
 machines without TensorFlow, and queries go in chunks so that the full query x memory
 similarity matrix is never held (10k CIFAR queries x 50k memory would be 2 GB in float32).
 """

@@ -13,8 +13,8 @@ parameter w with gradient g, n_w = ||w||, n_g = ||g|| (Frobenius norms over the 
 
 With clip=False the effective lr is the scheduled lr times the adaptive factor, not a minimum of
 the two. Every parameter is adapted, biases included, so the zero-initialised fc bias takes the
-raw scheduled lr on its first step. Keras has no LARS (KERAS_NOTES trap 16), and its SGD puts the
-lr inside the velocity (trap 17), hence this class.
+raw scheduled lr on its first step. Keras has no LARS (docs/keras_notes.md, trap 16), and its
+SGD puts the lr inside the velocity (trap 17), hence this class.
 """
 
 import keras
@@ -36,7 +36,7 @@ class LARS(keras.optimizers.Optimizer):
     otherwise g is left unchanged (and no weight decay is added). Then the PyTorch momentum
     step: b = momentum * b + g; w -= lr * b. Applied to every variable, biases included.
 
-    The recipe (RECIPE.md, linear evaluation): trust_coefficient=0.001, momentum=0.9,
+    The recipe (docs/recipe.md, linear evaluation): trust_coefficient=0.001, momentum=0.9,
     weight_decay=0, lr = 0.1 * batch / 256 with cosine decay over 90 epochs.
 
     Args:

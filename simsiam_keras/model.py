@@ -7,7 +7,7 @@ differs per backend, in the three short `_*_train_step` methods below, mirroring
 Data: `fit` takes elements whose x is the pair of views, e.g. a tf.data dataset of
 `((x1, x2),)`, of `((x1, x2), labels)` (labels ignored) or of `{"x1": x1, "x2": x2}`, or NumPy
 arrays as `model.fit((x1, x2), batch_size=...)`. A plain `(x1, x2)` element would be read by
-Keras as `(x, y)` (KERAS_NOTES trap 7).
+Keras as `(x, y)` (docs/keras_notes.md, trap 7).
 """
 
 import keras
@@ -100,7 +100,7 @@ class SimSiam(keras.Model):
         self.stop_gradient = stop_gradient
         self.synchronized_bn = synchronized_bn  # the resolved bool
         # All variables exist now; `fit` must not try a symbolic build on the two-view input
-        # (KERAS_NOTES trap 15).
+        # (docs/keras_notes.md, trap 15).
         self.built = True
 
     def call(self, inputs, training=False):
@@ -159,7 +159,7 @@ class SimSiam(keras.Model):
             outputs = self((x1, x2), training=True)
             loss = self.compute_simsiam_loss(outputs)
             # Gradients are summed over replicas, so each replica's mean is divided by their
-            # number (KERAS_NOTES trap 1).
+            # number (docs/keras_notes.md, trap 1).
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             scaled = self.optimizer.scale_loss(loss / replicas)
         grads = tape.gradient(scaled, self.trainable_variables)

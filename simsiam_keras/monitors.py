@@ -36,7 +36,7 @@ class KNNMonitor(keras.callbacks.Callback):
     counted from 1 across resumes, so `every=10` evaluates epochs 10, 20, ...) and of the last
     epoch, it extracts L2-normalised features of `train_data` (the memory) and `val_data` with
     `model.backbone` in inference mode, classifies the val features with the k = 200 nearest,
-    votes weighted exp(sim / 0.2) (RECIPE.md "kNN monitor"; `knn.knn_predict`), and writes
+    votes weighted exp(sim / 0.2) (docs/recipe.md, "Monitors"; `knn.knn_predict`), and writes
     `logs["knn_top1"]` (percent), plus `logs["knn_top5"]` when there are more than 5 classes.
     Other epochs carry no such key, as Keras does for `validation_freq`. The first epoch is
     always evaluated so that `CSVLogger`, which fixes its columns at the first epoch, keeps a

@@ -1,9 +1,9 @@
 """The paper's optimiser recipe (Sec. 4, App. A): SGD with PyTorch semantics and a cosine schedule.
 
 Why not `keras.optimizers.SGD(weight_decay=...)`: Keras's weight decay is decoupled
-(w -= lr * wd * w, KERAS_NOTES trap 9) and Keras's momentum keeps the lr inside the velocity
-(m = mu * m - lr * g; trap 17). The official code uses `torch.optim.SGD`, where the L2 term is
-added to the gradient before momentum and the lr multiplies the momentum buffer; the two differ
+(w -= lr * wd * w, docs/keras_notes.md, trap 9) and Keras's momentum keeps the lr inside the
+velocity (m = mu * m - lr * g; trap 17). The official code uses `torch.optim.SGD`, where the L2 term
+is added to the gradient before momentum and the lr multiplies the momentum buffer; the two differ
 whenever the lr changes, i.e. every epoch of a cosine schedule. `SGD` below is PyTorch's rule.
 """
 
@@ -82,7 +82,7 @@ class SGD(keras.optimizers.Optimizer):
     `fixed_lr_pattern` implements the paper's `fix_pred_lr` (Table 1): variables whose path
     matches the regex (`re.search`) always use `fixed_lr`, while the others follow the schedule.
     Paths in a subclassed model start with the outer model's name, hence a search, not a match
-    (KERAS_NOTES trap 8).
+    (docs/keras_notes.md, trap 8).
 
     Args:
         learning_rate: a float or a `LearningRateSchedule`.

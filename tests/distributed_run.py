@@ -1,6 +1,6 @@
 """A few SimSiam steps in one of several distributed set-ups, for tests/test_distributed.py.
 
-Each mode runs in its own process (KERAS_NOTES trap 3):
+Each mode runs in its own process (docs/keras_notes.md, trap 3):
     python tests/distributed_run.py MODE INIT.npz OUT.npz
 MODE:
     single    arrays, one device

@@ -2,7 +2,7 @@
 
 MirroredStrategy on 2 logical CPU devices, and two MultiWorkerMirroredStrategy worker processes
 on localhost that each read their own shard. Every set-up runs in its own process
-(KERAS_NOTES trap 3) through tests/distributed_run.py.
+(docs/keras_notes.md, trap 3) through tests/distributed_run.py.
 """
 
 import json
@@ -50,8 +50,8 @@ def test_mirrored_two_replicas_equal_one_device(tmp_path):
     init = tmp_path / "init.npz"
     single = _run("single", init, tmp_path / "single.npz")
     mirrored = _run("mirrored", init, tmp_path / "mirrored.npz")
-    # The loss is scaled by 1/replicas (KERAS_NOTES trap 1) and BN statistics are synchronised,
-    # so 3 steps on 2 x 8 images give the weights of 3 steps on 16.
+    # The loss is scaled by 1/replicas (docs/keras_notes.md, trap 1) and BN statistics are
+    # synchronised, so 3 steps on 2 x 8 images give the weights of 3 steps on 16.
     np.testing.assert_allclose(mirrored["loss"], single["loss"], atol=1e-5)
     worst = _max_difference(single, mirrored)
     assert worst < 1e-4, worst

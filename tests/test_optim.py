@@ -70,7 +70,7 @@ def test_sgd_matches_torch_sgd_across_lr_changes_with_fixed_predictor_lr():
 
 
 def test_keras_builtin_sgd_differs_from_torch_rule_when_lr_changes():
-    """Why optim.SGD exists (KERAS_NOTES traps 9 and 17): the built-in rule is not PyTorch's."""
+    """Why optim.SGD exists (docs/keras_notes.md, traps 9, 17): Keras's rule is not PyTorch's."""
     schedule = optim.SimSiamSchedule(peak_lr=0.5, steps_per_epoch=1, epochs=3)
     ours, builtin = keras.Variable(np.ones(3, "float32")), keras.Variable(np.ones(3, "float32"))
     opt_ours = optim.SGD(schedule, momentum=0.9)

@@ -1,7 +1,7 @@
 """`synchronized_bn="auto"`: SyncBN exactly when built under a multi-replica tf.distribute strategy.
 
 The MirroredStrategy check needs 2 logical CPU devices, set before TensorFlow initialises its
-devices, and its own process (KERAS_NOTES trap 3): this file runs itself as
+devices, and its own process (docs/keras_notes.md, trap 3): this file runs itself as
     KERAS_BACKEND=tensorflow python tests/test_sync_bn.py
 which prints one JSON line.
 """
