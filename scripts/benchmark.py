@@ -6,7 +6,7 @@ r"""Speed benchmarks; the last printed line is one JSON object.
 `step`: image pairs per second through `SimSiam.train_step` on random inputs, timed per batch
 inside one `fit` call after a warm-up (the first steps trace and compile: docs/keras_notes.md,
 trap 18), the median over the timed steps. Works on any backend (KERAS_BACKEND). Compare side by
-side with `../shared/bench/torch_reference.py step` on the same machine, never with a bare time.
+side with `benchmarks/torch_reference.py step` on the same machine, never with a bare time.
 
 `pipeline`: two-view image pairs per second out of `data.two_view_dataset` (decode, both views'
 augmentation, batching) from an image folder (`--train_dir`) or the embedded digits, after

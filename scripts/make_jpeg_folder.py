@@ -2,11 +2,11 @@ r"""Makes an ImageNet-like folder of ~400 px JPEGs from a small-image folder, fo
 
 The 224 px pipeline target (README, issue 3) is measured on JPEGs of ImageNet's typical sizes,
 which no offline dataset ships. This upscales images of a `<class>/<image>` folder (for example
-the CIFAR-10 split in ../shared/data, extracted outside the repository) to sizes cycling through
+the CIFAR-10 training split as a folder, extracted outside the repository) to sizes cycling through
 500x375, 375x500, 400x400 and 640x480 (bicubic), saved at JPEG quality 90, into
 `OUT/<class>/<image>.jpg`.
 
-    mkdir -p ~/cifar10 && tar xf ../shared/data/cifar10-train.tar -C ~/cifar10
+    mkdir -p ~/cifar10 && tar xf cifar10-train.tar -C ~/cifar10
     python scripts/make_jpeg_folder.py --src ~/cifar10/train --out ~/jpeg400 --per_class 200
 
 Never write the output into the repository.

@@ -1,0 +1,360 @@
+r"""A PyTorch SimSiam from the paper's recipe: the peer for side-by-side speed and quality.
+
+Not part of the library: it runs in its own environment (torch + torchvision, no Keras), and
+every comparison in the README runs it on the same machine, in the same session, as this
+project's command. The model, loss, optimiser and views follow docs/recipe.md, written the way
+the authors' public code writes them (torchvision ResNets, `transforms.RandomResizedCrop`,
+`ColorJitter`, PIL's Gaussian blur).
+
+    python3 -m venv ~/torchref
+    ~/torchref/bin/pip install torch==2.14.1 torchvision==0.29.1 pillow
+
+    ~/torchref/bin/python benchmarks/torch_reference.py step --arch resnet18_cifar --batch 128
+    ~/torchref/bin/python benchmarks/torch_reference.py pipeline --data DIR --size 224 --batch 64
+    ~/torchref/bin/python benchmarks/torch_reference.py train --data TRAIN --knn-train TRAIN \
+        --knn-val VAL --epochs 4 --width 0.25
+
+`step`: image pairs per second of one SGD step on random inputs (after `--warmup` steps).
+`pipeline`: two-view pairs per second out of a DataLoader over an image folder
+(`<class>/<image>`), `--workers` processes. `train`: the CIFAR recipe (App. D: resnet18_cifar,
+2-layer projector, lr 0.03 x batch/256, weight decay 5e-4, cosine, no blur) on the first
+`--per-class` images of each class, channels scaled by `--width`, then the kNN top-1 (k=200,
+T=0.2) of the random-init and of the trained backbone on `--knn-val`; `--no-stopgrad` is the
+Fig. 2 ablation. Each prints JSON lines (`train` one per epoch, then its result).
+"""
+
+import argparse
+import json
+import math
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import ImageFilter
+from torch import nn
+from torchvision import transforms
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet basic block, its last BN starting at zero (zero-init residual)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        nn.init.zeros_(self.b2.weight)
+        if stride == 1 and cin == cout:
+            self.short = nn.Identity()
+        else:
+            self.short = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x):
+        y = F.relu(self.b1(self.c1(x)))
+        return F.relu(self.b2(self.c2(y)) + self.short(x))
+
+
+class NarrowCifarResNet18(nn.Module):
+    """ResNet-18, CIFAR variant (3x3 stride-1 stem, no max-pool), channels x `width`."""
+
+    def __init__(self, width):
+        super().__init__()
+        channels = [max(8, int(round(64 * width * m))) for m in (1, 2, 4, 8)]
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, channels[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(channels[0]),
+            nn.ReLU(inplace=True),
+        )
+        blocks, cin = [], channels[0]
+        for stage, cout in enumerate(channels):
+            blocks += [BasicBlock(cin, cout, 1 if stage == 0 else 2), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*blocks)
+        self.dim = cin
+
+    def forward(self, x):
+        return torch.flatten(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1)
+
+
+def build_backbone(arch, width=1.0):
+    """`(backbone, feature_dim)`: torchvision's ResNets, or the CIFAR variant of ResNet-18."""
+    if arch == "resnet18_cifar" and width != 1.0:
+        net = NarrowCifarResNet18(width)
+        return net, net.dim
+    if arch == "resnet18_cifar":
+        net = torchvision.models.resnet18(zero_init_residual=True)
+        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    else:
+        net = getattr(torchvision.models, arch)(zero_init_residual=True)
+    dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, dim
+
+
+class SimSiam(nn.Module):
+    """Encoder (backbone + projector) and predictor, as in the paper's App. A and D."""
+
+    def __init__(self, arch, dim=2048, pred_dim=512, projector_layers=3, width=1.0):
+        super().__init__()
+        self.backbone, features = build_backbone(arch, width)
+        layers, width_in = [], features
+        for _ in range(projector_layers - 1):
+            layers += [
+                nn.Linear(width_in, features, bias=False),
+                nn.BatchNorm1d(features),
+                nn.ReLU(inplace=True),
+            ]
+            width_in = features
+        layers += [nn.Linear(width_in, dim, bias=False), nn.BatchNorm1d(dim, affine=False)]
+        self.projector = nn.Sequential(*layers)
+        self.predictor = nn.Sequential(
+            nn.Linear(dim, pred_dim, bias=False),
+            nn.BatchNorm1d(pred_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(pred_dim, dim),
+        )
+
+    def forward(self, x1, x2):
+        z1 = self.projector(self.backbone(x1))
+        z2 = self.projector(self.backbone(x2))
+        return self.predictor(z1), self.predictor(z2), z1.detach(), z2.detach()
+
+
+def simsiam_loss(p1, p2, z1, z2):
+    """L = D(p1, z2) / 2 + D(p2, z1) / 2 with D the negative cosine similarity."""
+    d12 = F.cosine_similarity(p1, z2, dim=-1).mean()
+    d21 = F.cosine_similarity(p2, z1, dim=-1).mean()
+    return -(d12 + d21) * 0.5
+
+
+def projector_layers_for(arch):
+    """2 for the CIFAR variant (App. D), else 3."""
+    return 2 if arch == "resnet18_cifar" else 3
+
+
+class RandomBlur:
+    """PIL Gaussian blur with a radius ~ U(0.1, 2), as the official code's GaussianBlur."""
+
+    def __call__(self, image):
+        return image.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+
+
+class TwoViews:
+    """Applies one transform twice to the same image: the two views."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, image):
+        return [self.transform(image), self.transform(image)]
+
+
+def view_transform(size, blur=True):
+    """The paper's view recipe (docs/recipe.md) in torchvision."""
+    steps = [
+        transforms.RandomResizedCrop(size, scale=(0.2, 1.0)),
+        transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        transforms.RandomGrayscale(p=0.2),
+    ]
+    if blur:
+        steps.append(transforms.RandomApply([RandomBlur()], p=0.5))
+    steps += [
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ]
+    return transforms.Compose(steps)
+
+
+def first_per_class(root, per_class, transform):
+    """An ImageFolder, cut to its first `per_class` images of each class (0: all)."""
+    folder = torchvision.datasets.ImageFolder(root, transform)
+    if not per_class:
+        return folder
+    counts, keep = {}, []
+    for index, (_, label) in enumerate(folder.samples):
+        if counts.get(label, 0) < per_class:
+            counts[label] = counts.get(label, 0) + 1
+            keep.append(index)
+    return torch.utils.data.Subset(folder, keep)
+
+
+def two_view_loader(root, per_class, size, blur, batch, workers):
+    """Shuffled batches of `[view1, view2]` of a folder, the last partial batch dropped."""
+    views = first_per_class(root, per_class, TwoViews(view_transform(size, blur)))
+    return torch.utils.data.DataLoader(
+        views, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+        persistent_workers=workers > 0,
+    )  # fmt: skip
+
+
+def cmd_step(args):
+    """Pairs per second of SGD steps on random inputs."""
+    torch.manual_seed(0)
+    model = SimSiam(args.arch, projector_layers=projector_layers_for(args.arch), width=args.width)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=0.05 * args.batch / 256, momentum=0.9, weight_decay=1e-4
+    )
+    x1 = torch.randn(args.batch, 3, args.size, args.size)
+    x2 = torch.randn(args.batch, 3, args.size, args.size)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
+    model.train()
+
+    def step():
+        loss = simsiam_loss(*model(x1, x2))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(args.warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    seconds = time.perf_counter() - start
+    print(json.dumps({
+        "what": "torch_step", "arch": args.arch, "size": args.size, "batch": args.batch,
+        "threads": torch.get_num_threads(), "img_per_s": args.batch * args.steps / seconds,
+    }))  # fmt: skip
+
+
+def cmd_pipeline(args):
+    """Two-view pairs per second out of the DataLoader."""
+    loader = two_view_loader(args.data, 0, args.size, not args.no_blur, args.batch, args.workers)
+    batches = iter(loader)
+    for _ in range(args.warmup):
+        next(batches)
+    start = time.perf_counter()
+    for _ in range(args.batches):
+        next(batches)
+    seconds = time.perf_counter() - start
+    print(json.dumps({
+        "what": "torch_pipeline", "size": args.size, "batch": args.batch,
+        "workers": args.workers, "two_view_img_per_s": args.batch * args.batches / seconds,
+    }))  # fmt: skip
+
+
+@torch.no_grad()
+def eval_features(backbone, root, per_class, size, batch=512):
+    """L2-normalised features of the evaluation view (resize, centre crop) and the labels."""
+    transform = transforms.Compose([
+        transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        first_per_class(root, per_class, transform), batch_size=batch, num_workers=1
+    )
+    backbone.eval()
+    features, labels = [], []
+    for images, y in loader:
+        features.append(F.normalize(backbone(images), dim=1))
+        labels.append(y)
+    return torch.cat(features), torch.cat(labels)
+
+
+def knn_top1(backbone, args, k=200, temperature=0.2):
+    """Weighted kNN top-1 (InstDisc): the k most similar training features vote exp(sim/T)."""
+    train_x, train_y = eval_features(backbone, args.knn_train, args.knn_train_per_class, args.size)
+    val_x, val_y = eval_features(backbone, args.knn_val, 0, args.size)
+    classes = int(train_y.max()) + 1
+    correct = 0
+    for start in range(0, len(val_x), 1000):
+        weights, index = (val_x[start : start + 1000] @ train_x.T).topk(k, dim=1)
+        votes = torch.zeros(len(weights), classes).scatter_add_(
+            1, train_y[index], (weights / temperature).exp()
+        )
+        correct += (votes.argmax(1) == val_y[start : start + 1000]).sum().item()
+    return correct / len(val_x)
+
+
+def cmd_train(args):
+    """The CIFAR recipe at a CPU budget, with kNN top-1 before and after."""
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    model = SimSiam(args.arch, projector_layers=projector_layers_for(args.arch), width=args.width)
+    init_knn = knn_top1(model.backbone, args)
+    loader = two_view_loader(
+        args.data, args.per_class, args.size, args.blur, args.batch, args.workers
+    )
+    peak_lr = args.base_lr * args.batch / 256
+    optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=0.9, weight_decay=args.wd)
+    start, steps = time.perf_counter(), 0
+    for epoch in range(args.epochs):
+        for group in optimizer.param_groups:  # cosine per epoch, as the official code
+            group["lr"] = peak_lr * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
+        model.train()
+        for (x1, x2), _ in loader:
+            p1, p2, z1, z2 = model(x1, x2)
+            if args.no_stopgrad:
+                z1 = model.projector(model.backbone(x1))
+                z2 = model.projector(model.backbone(x2))
+            loss = simsiam_loss(p1, p2, z1, z2)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+        z_std = F.normalize(z1.detach(), dim=1).std(0).mean().item()
+        print(json.dumps({"epoch": epoch, "loss": loss.item(), "z_std": z_std}), flush=True)
+    seconds = time.perf_counter() - start
+    print(json.dumps({
+        "what": "torch_train", "arch": args.arch, "width": args.width, "epochs": args.epochs,
+        "per_class": args.per_class, "batch": args.batch, "no_stopgrad": args.no_stopgrad,
+        "knn_top1_init": init_knn, "knn_top1": knn_top1(model.backbone, args), "z_std": z_std,
+        "train_s": seconds, "pairs_per_s": steps * args.batch / seconds,
+    }))  # fmt: skip
+
+
+def main():
+    """Parses the command line and runs one command."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    step = commands.add_parser("step")
+    step.add_argument("--arch", default="resnet18_cifar")
+    step.add_argument("--size", type=int, default=32)
+    step.add_argument("--batch", type=int, default=128)
+    step.add_argument("--steps", type=int, default=10)
+    step.add_argument("--warmup", type=int, default=2)
+    step.add_argument("--channels-last", action="store_true")
+    step.add_argument("--width", type=float, default=1.0)
+    pipeline = commands.add_parser("pipeline")
+    pipeline.add_argument("--data", required=True)
+    pipeline.add_argument("--size", type=int, default=224)
+    pipeline.add_argument("--batch", type=int, default=64)
+    pipeline.add_argument("--batches", type=int, default=20)
+    pipeline.add_argument("--warmup", type=int, default=2)
+    pipeline.add_argument("--workers", type=int, default=2)
+    pipeline.add_argument("--no-blur", action="store_true")
+    train = commands.add_parser("train")
+    train.add_argument("--data", required=True)
+    train.add_argument("--per-class", type=int, default=1000)
+    train.add_argument("--knn-train", required=True)
+    train.add_argument("--knn-train-per-class", type=int, default=1000)
+    train.add_argument("--knn-val", required=True)
+    train.add_argument("--arch", default="resnet18_cifar")
+    train.add_argument("--width", type=float, default=0.25)
+    train.add_argument("--size", type=int, default=32)
+    train.add_argument("--batch", type=int, default=256)
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--base-lr", type=float, default=0.03)
+    train.add_argument("--wd", type=float, default=5e-4)
+    train.add_argument("--workers", type=int, default=1)
+    train.add_argument("--blur", action="store_true", help="add the blur (CIFAR: off)")
+    train.add_argument("--no-stopgrad", action="store_true")
+    train.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    {"step": cmd_step, "pipeline": cmd_pipeline, "train": cmd_train}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
