@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from simsiam_keras import checkpoint, cli
+from tests.helpers import ROOT, last_json, run_script, user_environ
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = [
     "--backbone=resnet18_cifar", "--width=0.125", "--image_size=16", "--dim=64",
     "--pred_dim=16", "--batch_size=32", "--knn_every=0", "--compare_random_init=false",
@@ -27,21 +27,8 @@ NOISE = [
 ]  # fmt: skip
 
 
-def _environ():
-    """The user's environment: without the TF_CPP_MIN_LOG_LEVEL that conftest sets."""
-    return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-
-
 def _script(name, *args, cwd=ROOT, timeout=600):
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", f"{name}.py"), *args]
-    return subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=_environ()
-    )
-
-
-def _last_json(result):
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_script(name, *args, cwd=cwd, timeout=timeout)
 
 
 def _files(directory):
@@ -80,7 +67,7 @@ def test_a_workdir_is_never_damaged_and_a_finished_run_is_not_rerun(tmp_path):
     flags = [*SMALL, f"--train_dir={images}", "--epochs=1", "--export=true"]  # export: quiet too
     flagfile.write_text("\n".join(flags) + "\n")
     first = _script("pretrain", f"--flagfile={flagfile}", cwd=tmp_path)
-    summary = _last_json(first)
+    summary = last_json(first)
     for pattern in NOISE:
         assert not re.search(pattern, first.stderr, re.M), (pattern, first.stderr[-2000:])
     work = tmp_path / "runs" / "mine"
@@ -93,7 +80,7 @@ def test_a_workdir_is_never_damaged_and_a_finished_run_is_not_rerun(tmp_path):
     # Rerunning the finished run: says so, prints its summary, changes nothing.
     again = _script("pretrain", f"--flagfile={flagfile}", cwd=tmp_path)
     assert "is finished" in again.stdout
-    rerun = _last_json(again)
+    rerun = last_json(again)
     assert rerun["already_finished"] and rerun["steps"] == 2
     assert _files(work) == before
 
@@ -108,7 +95,7 @@ def test_a_workdir_is_never_damaged_and_a_finished_run_is_not_rerun(tmp_path):
     # Raising --epochs continues the finished run.
     continued = _script("pretrain", f"--flagfile={flagfile}", "--epochs=2", cwd=tmp_path)
     assert "(step 2 of 4)" in continued.stdout
-    more = _last_json(continued)
+    more = last_json(continued)
     assert more["steps"] == 4 and not more.get("already_finished")
 
 
@@ -119,7 +106,7 @@ def test_interrupt_saves_says_one_line_and_the_rerun_resumes(tmp_path, signum):
             "--checkpoint_every=1000", "--progress_every_s=0"]  # fmt: skip
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "pretrain.py"), *args]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_environ()
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=user_environ()
     )
     seen = []
     deadline = time.time() + 300
@@ -143,7 +130,7 @@ def test_interrupt_saves_says_one_line_and_the_rerun_resumes(tmp_path, signum):
 
     resumed = _script("pretrain", *args)
     assert f"(step {step} of 40)" in resumed.stdout
-    assert _last_json(resumed)["steps"] == 40
+    assert last_json(resumed)["steps"] == 40
 
 
 SCRIPTS_WITH_A_BAD_PATH = {

@@ -14,8 +14,8 @@ import sys
 import numpy as np
 
 from simsiam_keras import checkpoint
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "distributed_run.py")
 
 

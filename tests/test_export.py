@@ -22,8 +22,8 @@ from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
 
 import simsiam_keras as sk  # noqa: E402
 from simsiam_keras import augment, export, linear  # noqa: E402
+from tests.helpers import ROOT  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16
 OTHER_SIZES = {"larger": (40, 24), "smaller": (8, 8)}  # not square, and an upscale
 

@@ -1,9 +1,6 @@
 """Linear evaluation, export and the evaluation scripts, end to end on the embedded digits."""
 
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -12,13 +9,9 @@ import tensorflow as tf
 
 import simsiam_keras as sk
 from simsiam_keras import augment, data, export, linear, report
+from tests.helpers import SIZE, last_json, run_script, tiny_backbone
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIZE = 16
-
-
-def _backbone():
-    return sk.build_resnet("resnet18_cifar", width=0.125, image_size=SIZE)
+_backbone = tiny_backbone
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +96,7 @@ def test_export_round_trip_and_loading(saved):
 
 
 def _script(name, *args):
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", name), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    return run_script(name.removesuffix(".py"), *args)
 
 
 def test_linear_eval_and_knn_eval_scripts(saved, tmp_path):
@@ -120,7 +112,7 @@ def test_linear_eval_and_knn_eval_scripts(saved, tmp_path):
         "--protocol=official",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    last = json.loads(result.stdout.strip().splitlines()[-1])
+    last = last_json(result)
     assert last["what"] == "linear_eval" and 0 <= last["val_top1"] <= 100
     saved_results = json.load(open(tmp_path / "linear_eval.json"))
     assert saved_results["backbone_unchanged"] and len(saved_results["history"]["loss"]) == 2
@@ -130,7 +122,7 @@ def test_linear_eval_and_knn_eval_scripts(saved, tmp_path):
     for pretrained in (tmp / "model.keras", tmp / "export"):
         result = _script("knn_eval.py", f"--pretrained={pretrained}")  # size from the model
         assert result.returncode == 0, result.stderr[-3000:]
-        tops.append(json.loads(result.stdout.strip().splitlines()[-1])["knn_top1"])
+        tops.append(last_json(result)["knn_top1"])
     assert tops[0] == pytest.approx(tops[1], abs=0.5) and tops[0] > 20  # chance is 10
     # The default on a small dataset (auto -> features) learns: at least the kNN accuracy of
     # the same backbone, as a linear probe on the same features normally does.
@@ -139,7 +131,7 @@ def test_linear_eval_and_knn_eval_scripts(saved, tmp_path):
         "linear_eval.py", f"--pretrained={tmp / 'model.keras'}", f"--workdir={tmp_path}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    last = json.loads(result.stdout.strip().splitlines()[-1])
+    last = last_json(result)
     print(f"linear (features) {last['val_top1']:.1f} vs kNN {tops[0]:.1f}")
     assert last["protocol"] == "features" and last["val_top1"] >= tops[0]
 

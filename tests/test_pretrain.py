@@ -11,30 +11,21 @@ import numpy as np
 import pytest
 
 from simsiam_keras import checkpoint
+from tests.helpers import ROOT, SMALL_PRETRAIN, last_json, run_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "pretrain.py")
-SMALL = [
-    "--backbone=resnet18_cifar", "--width=0.125", "--image_size=16", "--dim=64",
-    "--pred_dim=16", "--batch_size=64", "--knn_every=0", "--compare_random_init=false",
-]  # fmt: skip
+SMALL = SMALL_PRETRAIN
 
 
 def _run(*args, timeout=900):
-    cmd = [sys.executable, SCRIPT, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-
-def _last_json(result):
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_script("pretrain", *args, timeout=timeout)
 
 
 def test_smoke_run_writes_everything(tmp_path):
     import tensorflow as tf
 
     work = tmp_path / "run"
-    summary = _last_json(
+    summary = last_json(
         _run(*SMALL, f"--workdir={work}", "--epochs=2", "--steps_per_epoch=2", "--knn_every=1")
     )
     assert summary["steps"] == 4 and summary["knn_top1"] is not None
@@ -111,19 +102,31 @@ def test_workdir_that_is_a_file(tmp_path):
     assert result.returncode != 0 and "is a file" in result.stderr
 
 
-def test_configs_parse_and_smoke_run(tmp_path):
+def test_every_config_parses_and_smoke_runs(tmp_path):
     configs = sorted(p for p in os.listdir(os.path.join(ROOT, "configs")) if p.endswith(".cfg"))
     assert {"in1k.cfg", "cifar10.cfg", "quickstart.cfg"} <= set(configs)
-    for name in ("in1k.cfg", "cifar10.cfg"):
+    linear = [name for name in configs if name.endswith("_linear.cfg")]
+    assert linear == ["cifar10_linear.cfg", "in1k_linear.cfg"]
+    for name in configs:
         text = open(os.path.join(ROOT, "configs", name)).read()
-        assert text.startswith("#") and "python scripts/" in text.splitlines()[1]
-        # The paper's recipe, overridden to a few steps of a tiny model on the embedded data.
+        assert text.startswith("#") and "python scripts/" in text, name
+    # Each recipe, overridden to one step of a tiny model on the embedded data.
+    for name in sorted(set(configs) - set(linear)):
         result = _run(
             f"--flagfile={os.path.join(ROOT, 'configs', name)}", *SMALL, "--dataset=digits",
             "--epochs=1", "--steps_per_epoch=1", f"--workdir={tmp_path / name}",
-            "--export=false", "--strategy=auto",
+            "--export=false", "--strategy=auto", "--compare_random_init=false",
         )  # fmt: skip
-        assert _last_json(result)["steps"] == 1, name
+        assert last_json(result)["steps"] == 1, name
+    # Each linear protocol on the model the quickstart config left, one step / one fit.
+    model = tmp_path / "quickstart.cfg" / "model.keras"
+    for name in linear:
+        result = run_script(
+            "linear_eval", f"--flagfile={os.path.join(ROOT, 'configs', name)}",
+            f"--pretrained={model}", "--dataset=digits", "--image_size=16", "--batch_size=64",
+            "--epochs=1", "--steps_per_epoch=1", f"--workdir={tmp_path / name}",
+        )  # fmt: skip
+        assert last_json(result)["val_top1"] is not None, name
 
 
 def _weights(path):
@@ -161,11 +164,11 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     common = [*SMALL, "--dim=2048", "--epochs=2", "--steps_per_epoch=4", "--checkpoint_every=1",
               "--deterministic", "--export=false", "--seed=3"]  # fmt: skip
     straight = tmp_path / "straight"
-    assert _last_json(_run(*common, f"--workdir={straight}"))["steps"] == 8
+    assert last_json(_run(*common, f"--workdir={straight}"))["steps"] == 8
     final = _weights(straight / "checkpoints" / "ckpt-8")
 
     def resume_and_compare(work):
-        summary = _last_json(_run(*common, f"--workdir={work}"))
+        summary = last_json(_run(*common, f"--workdir={work}"))
         assert summary["steps"] == 8
         for x, y in zip(final, _weights(work / "checkpoints" / "ckpt-8")):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
@@ -200,7 +203,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
 def test_quickstart_learns_and_its_linear_evaluation_beats_knn(tmp_path):
     # The README's second command: the defaults are the quickstart (configs/quickstart.cfg too).
     work = tmp_path / "qs"
-    summary = _last_json(_run(f"--workdir={work}", "--seed=0"))
+    summary = last_json(_run(f"--workdir={work}", "--seed=0"))
     # Against the random-init encoder with its BN statistics recomputed on the training images:
     # kNN (k=20) 81.1 / 77.1 / 82.5 vs 67.3 / 69.7 / 67.3 at seeds 0-2 (README), so margins of
     # 7.4-15.2 points where the random-init values themselves spread over 2.4.
@@ -213,7 +216,7 @@ def test_quickstart_learns_and_its_linear_evaluation_beats_knn(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "linear_eval.py"),
            f"--pretrained={work / 'model.keras'}"]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    linear = _last_json(result)
+    linear = last_json(result)
     print(f"quickstart: kNN {summary['knn_top1']:.1f}, linear {linear['val_top1']:.1f}")
     assert linear["val_top1"] >= summary["knn_top1"], (linear, summary)
 
@@ -222,14 +225,14 @@ def test_export_script_from_model_and_from_checkpoint(tmp_path):
     import tensorflow as tf
 
     work = tmp_path / "run"
-    _last_json(_run(*SMALL, f"--workdir={work}", "--epochs=1", "--steps_per_epoch=1",
+    last_json(_run(*SMALL, f"--workdir={work}", "--epochs=1", "--steps_per_epoch=1",
                     "--export=false", "--checkpoint_every=1"))  # fmt: skip
     export = os.path.join(ROOT, "scripts", "export.py")
     images = tf.random.uniform([2, 16, 16, 3], 0, 255, seed=1)
     features = []
     for extra in ([], ["--checkpoint", f"--out={tmp_path / 'from_ckpt'}"]):
         cmd = [sys.executable, export, f"--workdir={work}", *extra]
-        out = _last_json(subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT))
+        out = last_json(subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT))
         loaded = tf.saved_model.load(out["path"]).signatures["serving_default"]
         features.append(loaded(images=images)["features"].numpy())
     np.testing.assert_allclose(features[0], features[1], atol=1e-5)
@@ -266,7 +269,7 @@ def test_every_backend_exports_and_writes_summaries(tmp_path, backend):
     cmd = [sys.executable, SCRIPT, *SMALL, f"--workdir={work}", "--epochs=1",
            "--steps_per_epoch=2", f"--strategy={strategy}"]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
-    summary = _last_json(result)
+    summary = last_json(result)
     saved = json.load(open(work / "summary.json"))
     assert saved["backend"] == backend and saved["replicas"] == (2 if backend == "jax" else 1)
     assert summary["export"] == str(work / "export" / "backbone")

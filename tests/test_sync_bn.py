@@ -17,8 +17,8 @@ import pytest
 
 import simsiam_keras as sk
 from simsiam_keras import heads
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16
 
 

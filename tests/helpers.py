@@ -1,0 +1,49 @@
+"""What many tests share: paths, running a script, reading its last JSON line, tiny models."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 16  # the image size of the tiny models
+# A few steps of a tiny pretraining run: the flags most CLI tests start from.
+SMALL_PRETRAIN = [
+    "--backbone=resnet18_cifar", "--width=0.125", "--image_size=16", "--dim=64",
+    "--pred_dim=16", "--batch_size=64", "--knn_every=0", "--compare_random_init=false",
+]  # fmt: skip
+
+
+def user_environ(**overrides):
+    """The environment a user's shell has: without the TF_CPP_MIN_LOG_LEVEL conftest sets."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env.update(overrides)
+    return env
+
+
+def run_script(name, *args, cwd=ROOT, env=None, timeout=900):
+    """Runs `scripts/<name>.py args` in a subprocess; returns the `CompletedProcess`."""
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", f"{name}.py"), *map(str, args)]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env or user_environ()
+    )
+
+
+def last_json(result):
+    """The JSON object a script printed last; fails with its stderr when it did not succeed."""
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def tiny_backbone(size=SIZE, width=0.125):
+    """A width-0.125 CIFAR ResNet-18 (64 features at the end)."""
+    import simsiam_keras as sk
+
+    return sk.build_resnet("resnet18_cifar", width=width, image_size=size)
+
+
+def tiny_simsiam(size=SIZE, dim=32, pred_dim=8):
+    """A `SimSiam` over `tiny_backbone`, with the CIFAR variant's 2-layer projector."""
+    import simsiam_keras as sk
+
+    return sk.SimSiam(tiny_backbone(size), dim=dim, pred_dim=pred_dim, projector_layers=2)
