@@ -167,11 +167,6 @@ def apply_jitter(image, factors, order):
     return image
 
 
-def color_jitter(image, seed, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1):
-    """Torchvision `ColorJitter`: four factors drawn per image, applied in a random order."""
-    return apply_jitter(image, *jitter_params(seed, brightness, contrast, saturation, hue))
-
-
 BLUR_RADIUS = math.ceil(3 * 2.0)  # ceil(3 sigma) of the largest sigma
 
 
@@ -181,7 +176,7 @@ def gaussian_blur(image, sigma, radius=BLUR_RADIUS):
     The official code uses PIL's `GaussianBlur(radius=sigma)` (box blurs approximating a
     Gaussian); this is the Gaussian it approximates, truncated at 6 px = 3 x the largest sigma
     (so at >= 3 sigma for every sigma in [0.1, 2]), the same kernel as `device_augment`'s.
-    Written as shifted sums: XLA fuses them (`compiled_apply_view`), where a depthwise
+    Written as shifted sums: XLA fuses them (`augment_cropped(compiled=True)`), where a depthwise
     convolution under XLA ran ~20x slower on this CPU.
     """
     image = tf.convert_to_tensor(image, tf.float32)
@@ -284,7 +279,6 @@ def _augment_cropped(image, seed, blur):
 # the image, and the scalar ops that draw a view's parameters into the same call (README).
 # Image shapes must be static (they are after the resize); one compile per image size. (The
 # crop sampler is not compiled: inside tf.data that kept compiling and grew to GBs.)
-compiled_apply_view = tf.function(apply_view, jit_compile=True, reduce_retracing=True)
 _compiled_augment_cropped = tf.function(_augment_cropped, jit_compile=True)
 
 
@@ -295,7 +289,9 @@ def augment_cropped(image, seed, blur=True, compiled=False):
         image: float32 [size, size, 3] crop in [0, 1].
         seed: stateless seed, shape [2].
         blur: apply the Gaussian blur step.
-        compiled: run it XLA-compiled (needs a static image shape).
+        compiled: run it XLA-compiled (needs a static image shape). XLA draws other random
+            numbers than TensorFlow's kernels for the same seed (docs/keras_notes.md, trap 22):
+            deterministic either way, but not the same views as `compiled=False`.
 
     Returns:
         The normalised view.

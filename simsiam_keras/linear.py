@@ -51,6 +51,23 @@ class LinearClassifier(keras.Model):
         features = self.backbone(images, training=False if self.freeze_backbone else training)
         return self.fc(features)
 
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "backbone": keras.saving.serialize_keras_object(self.backbone),
+                "num_classes": self.num_classes,
+                "freeze_backbone": self.freeze_backbone,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
 
 def linear_optimizer(name, batch_size, epochs, steps_per_epoch, base_lr=None, weight_decay=0.0):
     """The protocol's optimiser: "lars" (lr 0.1 x batch/256) or "sgd" (lr 30 x batch/256).
@@ -198,9 +215,7 @@ def load_backbone(path, image_size=None):
                 f"{path!r} was exported for {size} px images, not --image_size={image_size}."
             )
         inputs = keras.Input((image_size or size, image_size or size, 3))
-        backbone = keras.Model(inputs, layer(inputs), name="saved_model_backbone")
-        backbone.feature_dim = layer.meta["feature_dim"]
-        return backbone
+        return keras.Model(inputs, layer(inputs), name="saved_model_backbone")
     try:
         model = keras.models.load_model(path)
     except Exception as e:

@@ -200,3 +200,14 @@ def test_read_csv_history_spans_a_resumed_run(tmp_path):
     assert report.read_csv_history(str(tmp_path / "empty.csv")) is None
     # A column with no value at all gets no panel (here: nothing to plot).
     assert report.plot_history({"loss": [None, None]}, str(tmp_path / "n.png")) is None
+
+
+def test_linear_classifier_saves_and_loads(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = linear.LinearClassifier(_backbone(), 10)
+    images = np.random.default_rng(0).normal(size=(2, SIZE, SIZE, 3)).astype("float32")
+    expected = keras.ops.convert_to_numpy(model(images))
+    model.save(tmp_path / "linear.keras")
+    loaded = keras.models.load_model(tmp_path / "linear.keras")
+    assert loaded.num_classes == 10 and loaded.freeze_backbone and not loaded.backbone.trainable
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(images)), expected, atol=1e-6)
