@@ -18,9 +18,12 @@ import math
 
 import tensorflow as tf
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL / torchvision
+from simsiam_keras import recipe
+
+# The recipe's numbers live in `recipe.py`; these names stay for the callers that use them.
+IMAGENET_MEAN = recipe.IMAGENET_MEAN
+IMAGENET_STD = recipe.IMAGENET_STD
+_GRAY_WEIGHTS = recipe.GRAY_WEIGHTS
 
 
 def split_seed(seed, n):
@@ -32,7 +35,7 @@ def _uniform(seed, minval=0.0, maxval=1.0, shape=()):
     return tf.random.stateless_uniform(shape, seed, minval, maxval)
 
 
-def sample_crop(height, width, seed, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)):
+def sample_crop(height, width, seed, scale=recipe.CROP_SCALE, ratio=recipe.CROP_RATIO):
     """Torchvision's `RandomResizedCrop.get_params`: (top, left, crop_h, crop_w).
 
     Up to 10 attempts: area ~ U(scale) x image area, log-aspect ~ U(log ratio),
@@ -52,8 +55,9 @@ def sample_crop(height, width, seed, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)):
     s_area, s_ratio, s_top, s_left = tf.unstack(split_seed(seed, 4))
     h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
     area = h_f * w_f
-    target = area * _uniform(s_area, scale[0], scale[1], (10,))
-    aspect = tf.exp(_uniform(s_ratio, math.log(ratio[0]), math.log(ratio[1]), (10,)))
+    tries = (recipe.CROP_ATTEMPTS,)
+    target = area * _uniform(s_area, scale[0], scale[1], tries)
+    aspect = tf.exp(_uniform(s_ratio, math.log(ratio[0]), math.log(ratio[1]), tries))
     ws = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
     hs = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
     fits = (ws > 0) & (hs > 0) & (ws <= width) & (hs <= height)
@@ -139,7 +143,8 @@ def adjust_hue(image, delta):
     return tf.clip_by_value(tf.image.adjust_hue(image, delta), 0.0, 1.0)
 
 
-def jitter_params(seed, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1):
+def jitter_params(seed, brightness=recipe.JITTER[0], contrast=recipe.JITTER[1],
+                  saturation=recipe.JITTER[2], hue=recipe.JITTER[3]):  # fmt: skip
     """ColorJitter's random draws: factors [4] and the order [4] of the four ops.
 
     Brightness, contrast and saturation factors ~ U[1 - x, 1 + x], the hue shift ~ U[-h, h];
@@ -167,7 +172,7 @@ def apply_jitter(image, factors, order):
     return image
 
 
-BLUR_RADIUS = math.ceil(3 * 2.0)  # ceil(3 sigma) of the largest sigma
+BLUR_RADIUS = recipe.BLUR_RADIUS
 
 
 def gaussian_blur(image, sigma, radius=BLUR_RADIUS):
@@ -208,7 +213,7 @@ def _maybe(apply, fn, image):
     return tf.cond(apply, lambda: fn(image), lambda: image)
 
 
-def simsiam_view(image, size, seed, blur=True, scale=(0.2, 1.0)):
+def simsiam_view(image, size, seed, blur=True, scale=recipe.CROP_SCALE):
     """One SimSiam view of one decoded image (paper App. A; CIFAR variant: blur=False).
 
     RandomResizedCrop(size, scale) -> ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8 ->
@@ -230,7 +235,7 @@ def simsiam_view(image, size, seed, blur=True, scale=(0.2, 1.0)):
     return augment_cropped(image, rest_seed, blur)
 
 
-def random_resized_crop(image, size, seed, scale=(0.2, 1.0)):
+def random_resized_crop(image, size, seed, scale=recipe.CROP_SCALE):
     """Torchvision's `RandomResizedCrop(size, scale)` of a decoded float image."""
     image = tf.convert_to_tensor(image, tf.float32)
     shape = tf.shape(image)
@@ -249,13 +254,13 @@ def view_params(seed, blur=True):
     s_jit_p, s_jit, s_gray, s_blur_p, s_sigma, s_flip = tf.unstack(split_seed(seed, 6))
     factors, order = jitter_params(s_jit)
     return {
-        "jitter": _uniform(s_jit_p) < 0.8,
+        "jitter": _uniform(s_jit_p) < recipe.P_JITTER,
         "factors": factors,
         "order": order,
-        "gray": _uniform(s_gray) < 0.2,
-        "blur": (_uniform(s_blur_p) < 0.5) if blur else tf.constant(False),
-        "sigma": _uniform(s_sigma, 0.1, 2.0),
-        "flip": _uniform(s_flip) < 0.5,
+        "gray": _uniform(s_gray) < recipe.P_GRAY,
+        "blur": (_uniform(s_blur_p) < recipe.P_BLUR) if blur else tf.constant(False),
+        "sigma": _uniform(s_sigma, *recipe.BLUR_SIGMA),
+        "flip": _uniform(s_flip) < recipe.P_FLIP,
     }
 
 
@@ -308,7 +313,8 @@ def eval_view(image, size, resize_ratio=None):
     peer evaluate 32x32 images as they are, where 256/224 would zoom in by 14%).
     """
     if resize_ratio is None:
-        resize_ratio = 256 / 224 if size > 32 else 1.0
+        big = size > recipe.EVAL_NO_RESIZE_MAX_SIZE
+        resize_ratio = recipe.EVAL_RESIZE_RATIO if big else 1.0
     image = tf.convert_to_tensor(image, tf.float32)
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     short = tf.cast(tf.round(size * resize_ratio), tf.float32)
@@ -322,10 +328,10 @@ def eval_view(image, size, resize_ratio=None):
     return normalize(image)
 
 
-LINEAR_CROP_SCALE = (0.08, 1.0)  # torchvision's default, used by the linear-evaluation protocol
+LINEAR_CROP_SCALE = recipe.LINEAR_CROP_SCALE
 
 
 def linear_cropped(image, seed):
     """Linear-evaluation training view after its RandomResizedCrop: flip p=0.5, normalise."""
     image = tf.clip_by_value(image, 0.0, 1.0)
-    return normalize(_maybe(_uniform(seed) < 0.5, hflip, image))
+    return normalize(_maybe(_uniform(seed) < recipe.P_FLIP, hflip, image))

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from simsiam_keras import augment
+from simsiam_keras import augment, recipe
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 _MAGIC = {b"\xff\xd8\xff": "jpeg", b"\x89PNG": "png", b"BM": "bmp", b"GIF8": "gif"}
@@ -490,7 +490,9 @@ def two_view_dataset(
     def two_views(index, element):
         item, _ = element
         seeds = augment.split_seed(tf.stack([tf.cast(seed, tf.int64), index]), 4)
-        crops = _crops(item, source.kind, [seeds[0], seeds[1]], image_size, (0.2, 1.0), fused)
+        crops = _crops(
+            item, source.kind, [seeds[0], seeds[1]], image_size, recipe.CROP_SCALE, fused
+        )
         if augment_on == "device":
             return crops[0], crops[1]
         return (

@@ -18,15 +18,15 @@ than batched layers (module docstring there), and tf.data cannot run `keras.ops`
 PyTorch backends.
 """
 
-import math
-
 import keras
 from keras import ops
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_GRAY_WEIGHTS = (0.299, 0.587, 0.114)
-BLUR_RADIUS = math.ceil(3 * 2.0)  # the largest sigma's ceil(3 sigma)
+from simsiam_keras import recipe
+
+IMAGENET_MEAN = recipe.IMAGENET_MEAN
+IMAGENET_STD = recipe.IMAGENET_STD
+_GRAY_WEIGHTS = recipe.GRAY_WEIGHTS
+BLUR_RADIUS = recipe.BLUR_RADIUS
 
 
 def _per_image(x):
@@ -149,7 +149,7 @@ def normalize(images, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     return ops.divide(ops.subtract(images, mean), ops.convert_to_tensor(std, images.dtype))
 
 
-def sample_params(batch_size, seed, blur=True, jitter=(0.4, 0.4, 0.4, 0.1)):
+def sample_params(batch_size, seed, blur=True, jitter=recipe.JITTER):
     """Per-image random parameters of one view (each a tensor with leading dim `batch_size`).
 
     Args:
@@ -179,13 +179,13 @@ def sample_params(batch_size, seed, blur=True, jitter=(0.4, 0.4, 0.4, 0.1)):
         axis=1,
     )
     return {
-        "jitter": uniform((n,)) < 0.8,
+        "jitter": uniform((n,)) < recipe.P_JITTER,
         "factors": factors,
         "order": ops.argsort(uniform((n, 4)), axis=1),
-        "gray": uniform((n,)) < 0.2,
-        "blur": (uniform((n,)) < 0.5) if blur else ops.zeros((n,), "bool"),
-        "sigma": uniform((n,), 0.1, 2.0),
-        "flip": uniform((n,)) < 0.5,
+        "gray": uniform((n,)) < recipe.P_GRAY,
+        "blur": (uniform((n,)) < recipe.P_BLUR) if blur else ops.zeros((n,), "bool"),
+        "sigma": uniform((n,), *recipe.BLUR_SIGMA),
+        "flip": uniform((n,)) < recipe.P_FLIP,
     }
 
 

@@ -36,7 +36,7 @@ import os
 import keras
 import tensorflow as tf
 
-from simsiam_keras import augment, backbones
+from simsiam_keras import backbones, recipe
 
 META_FILE = "simsiam_backbone.json"
 SUPPORTED_BACKENDS = ("tensorflow", "jax")
@@ -52,8 +52,8 @@ class _ServedBackbone(tf.Module):
         self._forward = forward  # normalised [N, S, S, 3] -> [N, C], traced once
         self.backbone_variables = list(variables)
         self._size = image_size
-        self._mean = tf.constant(augment.IMAGENET_MEAN, tf.float32)
-        self._std = tf.constant(augment.IMAGENET_STD, tf.float32)
+        self._mean = tf.constant(recipe.IMAGENET_MEAN, tf.float32)
+        self._std = tf.constant(recipe.IMAGENET_STD, tf.float32)
 
     def _preprocess(self, images):
         size = self._size

@@ -13,8 +13,8 @@ import os
 import keras
 import numpy as np
 
-from simsiam_keras import device_augment
 from simsiam_keras import model as _model  # noqa: F401 (registers SimSiam for load_model)
+from simsiam_keras import recipe
 from simsiam_keras.lars import LARS
 from simsiam_keras.optim import SGD, SimSiamSchedule
 
@@ -179,8 +179,8 @@ class SavedModelBackbone(keras.layers.Layer):
             self.meta = json.load(f)
 
     def call(self, images):
-        mean = keras.ops.convert_to_tensor(device_augment.IMAGENET_MEAN)
-        std = keras.ops.convert_to_tensor(device_augment.IMAGENET_STD)
+        mean = keras.ops.convert_to_tensor(recipe.IMAGENET_MEAN)
+        std = keras.ops.convert_to_tensor(recipe.IMAGENET_STD)
         pixels = (images * std + mean) * 255.0
         return self._serve(images=pixels)["features"]
 

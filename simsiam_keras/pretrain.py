@@ -19,7 +19,7 @@ import time
 import keras
 import numpy as np
 
-from simsiam_keras import backbones, checkpoint, cli, knn, monitors, report
+from simsiam_keras import backbones, checkpoint, cli, knn, monitors, recipe, report
 from simsiam_keras.distribute import STRATEGIES, is_chief, is_multi_worker, make_strategy
 from simsiam_keras.model import SimSiam
 from simsiam_keras.optim import simsiam_optimizer
@@ -152,7 +152,7 @@ def resolve(config):
     `projector_layers`: 2 for resnet18_cifar (App. D), else 3; `blur`: off at <= 32 px.
     """
     layers = config.projector_layers or (2 if config.backbone == "resnet18_cifar" else 3)
-    blur = config.blur if config.blur is not None else config.image_size > 32
+    blur = config.blur if config.blur is not None else recipe.blur_by_default(config.image_size)
     return dataclasses.replace(config, projector_layers=layers, blur=blur)
 
 
@@ -436,7 +436,7 @@ def train_dataset(source, config, strategy=None, start_batch=0, shuffle=True):
     from simsiam_keras import data
 
     c = config
-    blur = c.blur if c.blur is not None else c.image_size > 32
+    blur = c.blur if c.blur is not None else recipe.blur_by_default(c.image_size)
 
     def views(batch_size, input_context=None):
         return data.two_view_dataset(
