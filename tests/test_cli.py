@@ -99,37 +99,46 @@ def test_a_workdir_is_never_damaged_and_a_finished_run_is_not_rerun(tmp_path):
     assert more["steps"] == 4 and not more.get("already_finished")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_saves_says_one_line_and_the_rerun_resumes(tmp_path, signum):
-    work = tmp_path / "run"
-    args = [*SMALL, f"--workdir={work}", "--epochs=1", "--steps_per_epoch=40",
-            "--checkpoint_every=1000", "--progress_every_s=0"]  # fmt: skip
+def _interrupt(args, signum, after_step):
+    """Starts pretrain.py, signals it once it logged step `after_step`; returns the step."""
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "pretrain.py"), *args]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=user_environ()
     )
-    seen = []
-    deadline = time.time() + 300
-    while time.time() < deadline:  # wait for the third training step
+    seen, deadline = [], time.time() + 300
+    while time.time() < deadline:  # wait for the step's progress line
         line = proc.stdout.readline()
         seen.append(line)
-        if line.startswith("epoch 1/1  3/40"):
+        if re.match(rf"epoch 1/1  {after_step}/40 ", line):
             break
         assert line, "".join(seen) + proc.stderr.read()
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signum, err
-    assert err.strip().count("\n") == 0, err  # one line, no traceback, no TF log lines
-    last = err.strip()
-    match = re.fullmatch(r"Interrupted at step (\d+); run the same command to resume\.", last)
+    # One line: no traceback, no TensorFlow log lines.
+    assert err.strip().count("\n") == 0, err
+    match = re.fullmatch(
+        r"Interrupted at step (\d+); run the same command to resume\.", err.strip()
+    )
     assert match, err
-    step = int(match.group(1))
-    assert 3 <= step < 40
-    found = checkpoint.latest(str(work / "checkpoints"))
-    assert found and checkpoint.read_state(found)["step"] == step  # saved although not due
+    return int(match.group(1)), "".join(seen) + out
 
+
+def test_interrupts_save_say_one_line_and_the_rerun_resumes(tmp_path):
+    # Ctrl-C (SIGINT, 130), then SIGTERM (143, a cluster's pre-emption) on the resumed run,
+    # then the same command finishes the run.
+    work = tmp_path / "run"
+    args = [*SMALL, f"--workdir={work}", "--epochs=1", "--steps_per_epoch=40",
+            "--checkpoint_every=1000", "--progress_every_s=0"]  # fmt: skip
+    first, _ = _interrupt(args, signal.SIGINT, after_step=3)
+    assert 3 <= first < 40
+    found = checkpoint.latest(str(work / "checkpoints"))
+    assert found and checkpoint.read_state(found)["step"] == first  # saved although not due
+    second, log = _interrupt(args, signal.SIGTERM, after_step=first + 2)
+    assert f"(step {first} of 40)" in log and first + 2 <= second < 40
+    assert checkpoint.read_state(checkpoint.latest(str(work / "checkpoints")))["step"] == second
     resumed = _script("pretrain", *args)
-    assert f"(step {step} of 40)" in resumed.stdout
+    assert f"(step {second} of 40)" in resumed.stdout
     assert last_json(resumed)["steps"] == 40
 
 
