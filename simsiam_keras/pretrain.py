@@ -340,11 +340,12 @@ def _train(model, source, c, strategy, steps, start_step, ckpt, callbacks):
     import threading
 
     history, step, total = {}, start_step, c.epochs * steps
-    signals = (
-        cli.stop_on_signals(ckpt.request_stop)
-        if threading.current_thread() is threading.main_thread()
-        else contextlib.nullcontext()
-    )
+    # Not under multi-worker training: workers signalled at different moments would stop after
+    # different steps, and the one still training would wait in a collective for ever. There a
+    # signal ends the process as usual, and the run resumes from the last periodic checkpoint.
+    graceful = threading.current_thread() is threading.main_thread()
+    graceful = graceful and not is_multi_worker(strategy)
+    signals = cli.stop_on_signals(ckpt.request_stop) if graceful else contextlib.nullcontext()
     with signals:
         while step < total and ckpt.nan_message is None and ckpt.stop_signal is None:
             epoch, in_epoch = divmod(step, steps)
