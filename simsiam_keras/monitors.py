@@ -284,13 +284,14 @@ class TrainingProgress(keras.callbacks.Callback):
         self.stream = stream
         self.in_epoch = initial_step % steps_per_epoch
         self.progress = None
+        self._epoch_start = 0  # the step within the epoch this process started it at
 
     def on_epoch_begin(self, epoch, logs=None):
         self.progress = report.Progress(
             f"epoch {epoch + 1}/{self.epochs}", self.steps_per_epoch, self.unit,
             self.batch_size, self.every_s, self.stream,
         )  # fmt: skip
-        self.progress.start_step = self.in_epoch
+        self._epoch_start = self.in_epoch
 
     def _fields(self, logs):
         fields = {}
@@ -303,12 +304,12 @@ class TrainingProgress(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.in_epoch += 1
-        fields = {k: v for k, v in self._fields(logs).items() if k in self.shown}
-        self.progress.update(self.in_epoch, fields, self.in_epoch - self.progress.start_step)
+        if not self.progress.due():  # the common case: no device-to-host copies every step
+            return
+        shown = {k: v for k, v in (logs or {}).items() if k in self.shown}
+        self.progress.update(self.in_epoch, self._fields(shown), self.in_epoch - self._epoch_start)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.progress.done(
-            self.in_epoch, self._fields(logs), self.in_epoch - self.progress.start_step
-        )
+        self.progress.done(self.in_epoch, self._fields(logs), self.in_epoch - self._epoch_start)
         if self.in_epoch >= self.steps_per_epoch:
             self.in_epoch = 0

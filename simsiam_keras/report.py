@@ -152,12 +152,15 @@ class Progress:
             parts.append(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}")
         return "  ".join(parts)
 
+    def due(self):
+        """Whether `update` would print now (check it before computing costly `fields`)."""
+        return time.monotonic() - self.last >= (0.2 if self.tty else self.every_s)
+
     def update(self, done, fields=None, ran=None):
         """Shows the progress after `done` steps, if it is time to."""
-        now = time.monotonic()
-        if now - self.last < (0.2 if self.tty else self.every_s):
+        if not self.due():
             return
-        self.last = now
+        self.last = time.monotonic()
         self._write(self.line(done, fields, ran), final=False)
 
     def done(self, done, fields=None, ran=None):

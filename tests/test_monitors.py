@@ -165,3 +165,20 @@ def test_collapse_monitor_rejects_bad_arguments(kwargs, match):
     args = {"probe_images": np.zeros((4, 4, 4, 3)), **kwargs}
     with pytest.raises(ValueError, match=match):
         monitors.CollapseMonitor(**args)
+
+
+def test_progress_lines_when_not_on_a_terminal():
+    import io
+
+    from simsiam_keras import report
+
+    quiet = report.Progress("epoch 1/2", 10, "pairs/s", 64, every_s=1e9, stream=io.StringIO())
+    quiet.update(3, {"loss": -0.5})
+    assert quiet.stream.getvalue() == "" and not quiet.due()  # not yet time for a line
+    quiet.done(10, {"loss": -0.5})
+    assert quiet.stream.getvalue().startswith("epoch 1/2  10/10 (100%)  ")
+    every = report.Progress("epoch 1/2", 10, "pairs/s", 64, every_s=0, stream=io.StringIO())
+    every.update(5, {"loss": -0.25}, ran=2)  # a resumed epoch: 3 steps ran before this process
+    line = every.stream.getvalue().strip()
+    assert line.startswith("epoch 1/2  5/10 (50%)  ") and "pairs/s  ETA " in line
+    assert line.endswith("loss -0.25")
