@@ -170,8 +170,13 @@ def check_workdir(config):
     found = checkpoint.latest(os.path.join(c.workdir, "checkpoints"))
     path = os.path.join(c.workdir, "config.json")
     if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
+        try:
+            with open(path) as f:
+                previous = json.load(f)
+        except ValueError as e:  # a truncated or edited file
+            raise ValueError(
+                f"{path} is not valid JSON ({e}); give a new --workdir, or restore that file."
+            ) from None
         mine = dataclasses.asdict(c)
         differ = [
             f"--{k}={previous.get(k)!r} (now {mine[k]!r})"

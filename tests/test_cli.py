@@ -168,3 +168,16 @@ def test_a_flag_typo_is_one_line_with_a_suggestion():
     assert result.stderr.strip().splitlines() == [
         "pretrain.py: Unknown command line flag 'epoch'. Did you mean: epochs ? (see --helpshort)."
     ]
+
+
+def test_a_corrupt_config_json_stops_with_one_line(tmp_path):
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "config.json").write_text('{"workdir": ')  # damaged by hand (ours are atomic)
+    result = _script("pretrain", *SMALL, f"--workdir={work}", "--epochs=1", timeout=300)
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip().splitlines() == [result.stderr.strip()]
+        and "config.json is not valid JSON" in result.stderr
+    )
+    assert (work / "config.json").read_text() == '{"workdir": '
