@@ -17,12 +17,9 @@ cores (`--blur=false` for the CIFAR variant, as its `--no-blur`).
 import json
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from simsiam_keras import cli  # noqa: E402 (no TensorFlow import)
+from simsiam_keras import cli  # no TensorFlow import
 
 cli.quiet_logs()  # before anything imports TensorFlow
 

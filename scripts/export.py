@@ -11,11 +11,8 @@ rebuilt from the run's `config.json`). Needs KERAS_BACKEND=tensorflow (default) 
 
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from simsiam_keras import cli  # noqa: E402 (no TensorFlow import)
+from simsiam_keras import cli
 
 cli.quiet_logs()  # before anything imports TensorFlow
 
@@ -30,15 +27,15 @@ def main(argv):
     del argv
     import keras
 
-    from simsiam_keras import export, pretrain
-
-    if keras.backend.backend() not in export.SUPPORTED_BACKENDS:
+    if keras.backend.backend() not in ("tensorflow", "jax"):
         raise cli.UsageError(
             "Export needs KERAS_BACKEND=tensorflow or jax (the weights load on every backend)."
         )
     if not os.path.isdir(_WORKDIR.value):
         raise cli.UsageError(f"--workdir: not a directory: {_WORKDIR.value!r}")
-    path, size = pretrain.export_workdir(_WORKDIR.value, _OUT.value, _CHECKPOINT.value)
+    from simsiam_keras import export
+
+    path, size = export.run(_WORKDIR.value, _OUT.value, _CHECKPOINT.value)
     print(json.dumps({"what": "export", "path": path, "image_size": size}))
 
 

@@ -13,14 +13,11 @@ Never write the output into the repository.
 """
 
 import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from simsiam_keras import cli  # noqa: E402 (no TensorFlow import)
+from simsiam_keras import cli  # no TensorFlow import
 
 SIZES = ((500, 375), (375, 500), (400, 400), (640, 480))  # (width, height)
 

@@ -9,11 +9,8 @@ from the training pipeline (the same code `pretrain.py` uses), un-normalised for
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from simsiam_keras import cli  # noqa: E402 (no TensorFlow import)
+from simsiam_keras import cli  # no TensorFlow import
 
 cli.quiet_logs()  # before anything imports TensorFlow
 

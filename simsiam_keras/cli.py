@@ -25,11 +25,9 @@ import signal
 import sys
 import warnings
 
+from simsiam_keras.config import ConfigError
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-# Flag choices that scripts need before Keras is imported (`pretrain` and `distribute` check
-# them against these).
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
-PRECISIONS = ("none", "float16", "bfloat16")
 
 
 class UsageError(Exception):
@@ -123,18 +121,24 @@ def import_tensorflow():
             sys.stderr.write("".join(kept))
 
 
-def default_workdir(argv=None):
-    """`runs/<stem of the last --flagfile>`, or `runs/quickstart` without one."""
+def flagfile(argv=None):
+    """The last `--flagfile` of the command line, or None."""
     argv = sys.argv if argv is None else argv
-    flagfile = None
+    found = None
     for i, arg in enumerate(argv[1:], 1):
         if arg.startswith("--flagfile="):
-            flagfile = arg.split("=", 1)[1]
+            found = arg.split("=", 1)[1]
         elif arg == "--flagfile" and i + 1 < len(argv):
-            flagfile = argv[i + 1]
-    if not flagfile:
+            found = argv[i + 1]
+    return found
+
+
+def default_workdir(argv=None):
+    """`runs/<stem of the last --flagfile>`, or `runs/quickstart` without one."""
+    name = flagfile(argv)
+    if not name:
         return os.path.join("runs", "quickstart")
-    return os.path.join("runs", os.path.splitext(os.path.basename(flagfile))[0])
+    return os.path.join("runs", os.path.splitext(os.path.basename(name))[0])
 
 
 class stop_on_signals:  # noqa: N801 (a context manager used like a function)
@@ -204,6 +208,8 @@ def run(main, positional=0, tensorflow=True):
             return main(argv)
         except (UsageError, app.UsageError) as e:
             fail(str(e), 2)
+        except ConfigError as e:  # settings are flags of the same name
+            fail(e.render("--"), 2)
         except Interrupted as e:
             print(str(e), file=sys.stderr, flush=True)
             sys.exit(128 + e.signum)

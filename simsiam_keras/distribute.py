@@ -23,7 +23,7 @@ import weakref
 
 import keras
 
-from simsiam_keras.cli import STRATEGIES  # one list, importable without Keras (the scripts)
+from simsiam_keras.config import STRATEGIES
 
 _LOCAL_CALLS = weakref.WeakKeyDictionary()
 

@@ -309,3 +309,24 @@ def recalibrated_copy(backbone, dataset, max_batches=20, batch_size=256):
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
     return copy
+
+
+def run(config):
+    """The kNN accuracy of a pretrained backbone (`KnnConfig`); returns a dict.
+
+    Features of the evaluation views (resize + centre crop) of the labelled train split (the
+    memory) and validation split (the queries).
+
+    Returns:
+        `{"train", "val"}` (the sources' names) and `knn_accuracy`'s `knn_top1`, `knn_top5`.
+
+    Raises:
+        ConfigError: a bad setting; ValueError: unusable data.
+    """
+    from simsiam_keras import data, linear
+
+    c = config
+    backbone, size, train, val = linear.load_evaluation(c)
+    datasets = [data.labeled_dataset(s, c.batch_size, size) for s in (train, val)]
+    result = backbone_knn_accuracy(backbone, *datasets, train.num_classes, c.k, c.temperature)
+    return {"train": train.name, "val": val.name, **result}

@@ -241,3 +241,128 @@ def input_size(backbone):
     """
     shape = getattr(backbone, "input_shape", None)
     return int(shape[1]) if shape and len(shape) == 4 and shape[1] is not None else None
+
+
+FEATURES_MAX_IMAGES = 200_000  # --protocol=auto: "features" up to this many training images
+
+
+def load_evaluation(config):
+    """The frozen backbone and labelled data of a linear or kNN evaluation.
+
+    Args:
+        config: a `LinearConfig` or `KnnConfig` (validated here).
+
+    Returns:
+        `(backbone, image_size, train, val)`: `train` and `val` are `data.Source`s.
+
+    Raises:
+        ConfigError: a bad setting, or a model that cannot take the image size.
+        ValueError: data without labels.
+    """
+    from simsiam_keras import data
+    from simsiam_keras.config import ConfigError, validate
+
+    c = validate(config)
+    try:
+        backbone = load_backbone(c.pretrained, c.image_size)
+    except ValueError as e:
+        raise ConfigError(f"{{}}: {e}", "pretrained") from None
+    size = c.image_size or input_size(backbone)
+    if size is None:
+        raise ConfigError(f"{{}} {c.pretrained!r} takes any input size: give {{}}.",
+                          "pretrained", "image_size")  # fmt: skip
+    train = data.load_source(c.dataset, "train", c.data_dir, c.train_dir, size)
+    val = data.load_source(c.dataset, "validation", c.data_dir, c.val_dir, size)
+    for source in (train, val):
+        if not source.labeled:
+            raise ValueError(f"{source.name} has no labels; the evaluation needs them.")
+    return backbone, size, train, val
+
+
+def default_workdir(pretrained):
+    """Where a linear evaluation of `pretrained` writes by default: beside it."""
+    path = os.path.abspath(pretrained)
+    return path if os.path.isdir(path) and not path.endswith("backbone") else os.path.dirname(path)
+
+
+def run(config, log=print):
+    """A linear evaluation of a frozen backbone (`LinearConfig`); returns the results dict.
+
+    The protocol (`config.protocol`; "auto" picks "features" up to `FEATURES_MAX_IMAGES`
+    training images, else "official"): "official" trains the linear layer with LARS (or SGD)
+    on augmented views, top-1 / top-5 on the validation split every epoch (paper App. A);
+    "features" fits it exactly on frozen features (`fit_on_features`). Either way the backbone
+    is checked unchanged at the end (`check_unchanged`). Writes `linear_eval.json` (and, for
+    the official protocol, `linear_eval.png`) into `config.workdir` (default: beside
+    `config.pretrained`).
+
+    Raises:
+        ConfigError: a bad setting; ValueError: unusable data; AssertionError: a backbone that
+        moved.
+    """
+    import time
+
+    from simsiam_keras import data, monitors, report
+    from simsiam_keras.config import ConfigError
+
+    c = config
+    keras.utils.set_random_seed(c.seed)
+    backbone, size, train, val = load_evaluation(c)
+    if train.size < c.batch_size:
+        raise ConfigError(f"{train.name} has {train.size} images, fewer than one batch ({{}}).",
+                          "batch_size")  # fmt: skip
+    workdir = c.workdir or default_workdir(c.pretrained)
+    protocol = c.protocol
+    if protocol == "auto":
+        protocol = "features" if train.size <= FEATURES_MAX_IMAGES else "official"
+    model = LinearClassifier(backbone, train.num_classes)
+    val_ds = data.labeled_dataset(val, c.batch_size, size)
+    model(next(iter(val_ds))[0][:1])  # build the linear layer before the snapshot
+    before = snapshot(backbone)
+    start = time.time()
+    history = None
+    if protocol == "features":
+        train_ds = data.labeled_dataset(train, c.batch_size, size)
+        fit = fit_on_features(model, train_ds, val_ds, c.l2, progress_every_s=c.progress_every_s)
+        results = {"val_top1": fit["top1"], "val_top5": fit["top5"], "best_val_top1": fit["top1"],
+                   "train_top1": fit["train_top1"], "iterations": fit["iterations"],
+                   "l2": c.l2}  # fmt: skip
+    else:
+        steps = min(train.size // c.batch_size, c.steps_per_epoch or train.size)
+        train_ds = data.labeled_dataset(train, c.batch_size, size, train=True, seed=c.seed,
+                                        repeat=True)  # fmt: skip
+        model.compile(
+            optimizer=linear_optimizer(
+                c.optimizer, c.batch_size, c.epochs, steps, c.base_lr, c.weight_decay
+            ),  # fmt: skip
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[
+                keras.metrics.SparseCategoricalAccuracy(name="top1"),
+                keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
+            ],
+        )
+        progress = monitors.TrainingProgress(c.epochs, steps, c.batch_size, c.progress_every_s,
+                                             shown=("loss", "top1"), unit="images/s")  # fmt: skip
+        history = model.fit(
+            train_ds, epochs=c.epochs, steps_per_epoch=steps, validation_data=val_ds, verbose=0,
+            shuffle=False, callbacks=[progress],
+            # Without it Keras warns "Your input ran out of data" at the end of each validation.
+            validation_steps=-(-val.size // c.batch_size),
+        ).history  # fmt: skip
+        val_top1 = [100 * v for v in history["val_top1"]]
+        results = {"val_top1": val_top1[-1], "val_top5": 100 * history["val_top5"][-1],
+                   "best_val_top1": max(val_top1), "optimizer": c.optimizer,
+                   "epochs": c.epochs}  # fmt: skip
+    check_unchanged(backbone, before)  # raises if the frozen backbone moved
+    results = {"pretrained": os.path.abspath(c.pretrained), "dataset": train.name,
+               "protocol": protocol, "batch_size": c.batch_size, **results,
+               "backbone_unchanged": True, "wall_s": time.time() - start}  # fmt: skip
+    os.makedirs(workdir, exist_ok=True)
+    if history is not None:
+        results["history"] = {k: [float(x) for x in v] for k, v in history.items()}
+        report.plot_history(
+            {"val_top1": [100 * v for v in history["val_top1"]], "loss": history["loss"]},
+            os.path.join(workdir, "linear_eval.png"), "linear evaluation",
+        )  # fmt: skip
+    report.write_json(os.path.join(workdir, "linear_eval.json"), results)
+    return results

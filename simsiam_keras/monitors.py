@@ -245,7 +245,7 @@ class CollapseMonitor(keras.callbacks.Callback):
             "and linear accuracy. Likely causes: (1) the learning rate is too high "
             "(check base_lr and its batch/256 scaling); (2) the augmentation is too weak (both "
             "views nearly the same: check crop scale, colour jitter, grayscale, blur); (3) the "
-            "stop-gradient is off (--no_stop_gradient / SimSiam(stop_gradient=False), which "
+            "stop-gradient is off (--nostop_gradient / SimSiam(stop_gradient=False), which "
             "collapses by design). Look at the logged `loss` (near -1 together with a small "
             "z_std means collapse), `z_std`, `knn_top1`, `lr` and the "
             "augmentation settings of the run config.",

@@ -20,94 +20,13 @@ import keras
 import numpy as np
 
 from simsiam_keras import backbones, checkpoint, cli, knn, monitors, recipe, report
-from simsiam_keras.distribute import STRATEGIES, is_chief, is_multi_worker, make_strategy
+from simsiam_keras.config import ConfigError, PretrainConfig, resumable, validate
+from simsiam_keras.distribute import is_chief, is_multi_worker, make_strategy
 from simsiam_keras.model import SimSiam
 from simsiam_keras.optim import simsiam_optimizer
 
-PRECISIONS = cli.PRECISIONS
-
-
-@dataclasses.dataclass
-class PretrainConfig:
-    """Everything a run needs. Defaults: the paper's ImageNet recipe (Sec. 4, App. A)."""
-
-    workdir: str
-    dataset: str = "imagenet2012"
-    data_dir: str | None = None
-    train_dir: str | None = None
-    val_dir: str | None = None
-    backbone: str = "resnet50"
-    width: float = 1.0
-    image_size: int = 224
-    batch_size: int = 512
-    epochs: int = 100
-    base_lr: float = 0.05
-    weight_decay: float = 1e-4
-    fix_pred_lr: bool = True
-    warmup_epochs: int = 0
-    dim: int = 2048
-    pred_dim: int = 512
-    projector_layers: int | None = None  # None: 2 for resnet18_cifar (App. D), else 3
-    blur: bool | None = None  # None: no blur at <= 32 px (CIFAR variant), else blur
-    strategy: str = "auto"
-    mixed_precision: str = "none"
-    seed: int = 0
-    stop_gradient: bool = True
-    knn_every: int = 1  # epochs; 0 turns the kNN monitor off
-    knn_k: int = 200
-    checkpoint_every: int = 1000  # steps
-    steps_per_epoch: int | None = None  # cap (smoke runs); None: the whole split
-    deterministic: bool = False
-    export: bool = True
-    compare_random_init: bool = False
-    progress_every_s: float = 30.0  # progress lines when not on a terminal
-
-
-def validate(config):
-    """Raises ValueError with a clear message for any bad value, before any work."""
-    c = config
-    positive = {
-        "image_size": c.image_size,
-        "batch_size": c.batch_size,
-        "epochs": c.epochs,
-        "dim": c.dim,
-        "pred_dim": c.pred_dim,
-        "checkpoint_every": c.checkpoint_every,
-        "knn_k": c.knn_k,
-    }
-    for name, value in positive.items():
-        if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"--{name} must be a positive integer; got {value!r}.")
-    for name, value in {"base_lr": c.base_lr, "width": c.width}.items():
-        if not value > 0:
-            raise ValueError(f"--{name} must be positive; got {value!r}.")
-    for name, value in {"weight_decay": c.weight_decay, "warmup_epochs": c.warmup_epochs,
-                        "knn_every": c.knn_every,
-                        "progress_every_s": c.progress_every_s}.items():  # fmt: skip
-        if value < 0:
-            raise ValueError(f"--{name} must be >= 0; got {value!r}.")
-    if c.steps_per_epoch is not None and c.steps_per_epoch <= 0:
-        raise ValueError(f"--steps_per_epoch must be positive; got {c.steps_per_epoch!r}.")
-    if c.backbone not in backbones.BACKBONES:
-        raise ValueError(
-            f"--backbone must be one of {sorted(backbones.BACKBONES)}; got {c.backbone!r}."
-        )
-    if c.strategy not in STRATEGIES:
-        raise ValueError(f"--strategy must be one of {STRATEGIES}; got {c.strategy!r}.")
-    if c.mixed_precision not in PRECISIONS:
-        raise ValueError(
-            f"--mixed_precision must be one of {PRECISIONS}; got {c.mixed_precision!r}."
-        )
-    if os.path.exists(c.workdir) and not os.path.isdir(c.workdir):
-        raise ValueError(f"--workdir {c.workdir!r} exists and is a file.")
-    if c.val_dir and not c.train_dir:
-        raise ValueError("--val_dir needs --train_dir (the kNN memory).")
-    for name in ("train_dir", "val_dir"):
-        path = getattr(c, name)
-        if path and not os.path.isdir(path):
-            raise ValueError(f"--{name}: image folder not found: {path!r}")
-    if c.warmup_epochs >= c.epochs:
-        raise ValueError(f"--warmup_epochs ({c.warmup_epochs}) must be < --epochs ({c.epochs}).")
+__all__ = ["PretrainConfig", "build_model", "check_workdir", "resolve", "run",
+           "train_dataset", "validate"]  # fmt: skip
 
 
 def _git_commit():
@@ -138,14 +57,6 @@ def _knn(backbone, train_eval, val_eval, k):
     return knn.backbone_knn_accuracy(backbone, train_eval, val_eval, k=k)["knn_top1"]
 
 
-# Flags that may differ from the workdir's config.json when a run is resumed: where things are
-# and what is reported, not what is trained (raising --epochs continues a finished run).
-RESUMABLE = (
-    "workdir", "data_dir", "val_dir", "epochs", "strategy", "knn_every", "knn_k",
-    "checkpoint_every", "export", "compare_random_init", "progress_every_s",
-)  # fmt: skip
-
-
 def resolve(config):
     """`config` with its defaults that depend on other values filled in (no None left).
 
@@ -159,8 +70,8 @@ def resolve(config):
 def check_workdir(config):
     """Checks that `config` may run in its workdir; returns its finished summary, if any.
 
-    Reads only. A workdir whose `config.json` differs from `config` in a flag that changes
-    what is trained stops with a ValueError naming those flags.
+    Reads only. A workdir whose `config.json` differs from `config` in a setting that changes
+    what is trained (one not `resumable`) stops with a `ConfigError` naming those settings.
 
     Returns:
         The workdir's `summary.json` dict when the run is finished at `config.epochs` (its
@@ -174,22 +85,21 @@ def check_workdir(config):
             with open(path) as f:
                 previous = json.load(f)
         except ValueError as e:  # a truncated or edited file
-            raise ValueError(
-                f"{path} is not valid JSON ({e}); give a new --workdir, or restore that file."
+            raise ConfigError(
+                f"{path} is not valid JSON ({e}); give a new {{}}, or restore that file.",
+                "workdir",
             ) from None
-        mine = dataclasses.asdict(c)
-        differ = [
-            f"--{k}={previous.get(k)!r} (now {mine[k]!r})"
-            for k in mine
-            if k not in RESUMABLE and k in previous and previous[k] != mine[k]
-        ]
+        mine, free = dataclasses.asdict(c), resumable(PretrainConfig)
+        differ = [k for k in mine if k not in free and k in previous and previous[k] != mine[k]]
         if differ:
-            raise ValueError(
-                f"--workdir {c.workdir!r} holds a run with other flags: {', '.join(differ)}. "
-                "Give a new --workdir, or the flags of that run to resume it."
-            )
+            shown = ", ".join(f"{{}}={previous[k]!r} (now {mine[k]!r})" for k in differ)
+            raise ConfigError(
+                f"{{}} {c.workdir!r} holds a run with other settings: {shown}. Give a new "
+                "{}, or the settings of that run to resume it.",
+                "workdir", *differ, "workdir",
+            )  # fmt: skip
     elif found:
-        raise ValueError(f"--workdir {c.workdir!r} has checkpoints but no config.json.")
+        raise ConfigError(f"{{}} {c.workdir!r} has checkpoints but no config.json.", "workdir")
     summary_path = os.path.join(c.workdir, "summary.json")
     if found and os.path.exists(summary_path):
         state = checkpoint.read_state(found)
@@ -202,65 +112,29 @@ def check_workdir(config):
 def run(config, log=print):
     """Runs (or resumes) the pretraining described by `config`; returns the summary dict.
 
-    Every check (flags, data, the workdir's earlier run) passes before anything is written.
+    Every check (settings, data, the workdir's earlier run) passes before anything is written.
     A finished run is not run again: its summary comes back with `"already_finished": True`.
     SIGINT / SIGTERM during training save a checkpoint after the current step and raise
     `cli.Interrupted` (the same call resumes).
-    """
-    from simsiam_keras import data  # TensorFlow (tf.data) from here on
 
-    validate(config)
-    c = resolve(config)
+    Raises:
+        ConfigError: a bad setting, or a workdir that holds another run.
+        ValueError: data that cannot train this config (too few images, say).
+    """
+    c = resolve(validate(config))
     finished = check_workdir(c)
     if finished is not None:
         log(f"The run in {c.workdir!r} is finished (epochs: {c.epochs}); raise --epochs to "
             "train on, or give a new --workdir.")  # fmt: skip
         return {**finished, "already_finished": True}
-    if c.mixed_precision != "none":
-        keras.mixed_precision.set_global_policy(f"mixed_{c.mixed_precision}")
-    strategy, replicas = make_strategy(c.strategy)
-    if c.batch_size % replicas:
-        raise ValueError(f"--batch_size {c.batch_size} is not divisible by {replicas} replicas.")
-    source = data.load_source(c.dataset, "train", c.data_dir, c.train_dir, c.image_size)
-    steps = source.size // c.batch_size
-    if steps == 0:
-        raise ValueError(f"{source.name} has {source.size} images, fewer than one batch.")
-    steps = min(steps, c.steps_per_epoch or steps)
-    chief = is_chief()
-    knn_data = None
-    if chief and (c.knn_every or c.compare_random_init):  # other workers would only wait
-        val = data.load_source(c.dataset, "validation", c.data_dir, c.val_dir, c.image_size)
-        if source.labeled and val.labeled:
-            knn_data = [data.labeled_dataset(s, 256, c.image_size) for s in (source, val)]
-        else:
-            log("kNN monitor off: it needs labelled train and validation data.")
-    keras.utils.set_random_seed(c.seed)
-    if c.deterministic:
-        _deterministic_kernels()
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model = build_model(c, steps, distributed=strategy is not None)
-    summary = {"train": source.name, "random_init_knn_top1": None}
-    if c.compare_random_init and knn_data:  # before a checkpoint is restored into the model
-        # With its BN statistics recomputed on the training images: the built ones (mean 0,
-        # variance 1) would make the baseline look worse than it is (knn.recalibrated_copy).
-        baseline = knn.recalibrated_copy(model.backbone, knn_data[0])
-        summary["random_init_knn_top1"] = _knn(baseline, *knn_data, c.knn_k)
-        log(
-            "kNN top-1 of the random-init encoder (BN statistics recomputed on the training "
-            f"images): {summary['random_init_knn_top1']:.2f}"
-        )
-    found = checkpoint.latest(os.path.join(c.workdir, "checkpoints"))
-    start_step = checkpoint.read_state(found)["step"] if found else 0
-    if is_multi_worker(strategy):  # before the restore: no worker may be left waiting
-        _check_same_start(strategy, start_step)
-    if found:
-        checkpoint.restore(found, model)  # raises before anything is written on a mismatch
-        log(f"Resuming from {found} (step {start_step} of {c.epochs * steps}).")
-    if chief:  # config.json now, so a killed run's checkpoints can still be exported
-        os.makedirs(c.workdir, exist_ok=True)
-        report.write_json(os.path.join(c.workdir, "config.json"), dataclasses.asdict(c))
+    strategy, replicas = _strategy(c)
+    source, steps, knn_data = _data(c, log)
+    model = _model(c, strategy, steps)
+    # Before a checkpoint is restored into the model.
+    random_init_knn = _random_init_knn(c, model, knn_data, log)
+    start_step = _restore(c, model, strategy, steps, log)
     ckpt, knn_monitor, collapse, callbacks = _callbacks(c, model, source, knn_data, steps,
-                                                        start_step, chief)  # fmt: skip
+                                                        start_step)  # fmt: skip
     began = time.time()
     history = _train(model, source, c, strategy, steps, start_step, ckpt, callbacks)
     seconds = time.time() - began
@@ -268,50 +142,127 @@ def run(config, log=print):
         raise FloatingPointError(ckpt.nan_message)
     if ckpt.stop_signal is not None:
         raise cli.Interrupted(ckpt.step, ckpt.stop_signal)
-    step = ckpt.step
-
     final_knn = knn_monitor.history[-1][1] if knn_monitor and knn_monitor.history else None
-    if knn_data and final_knn is None and (c.compare_random_init or c.knn_every):
+    if knn_data and final_knn is None:
         final_knn = _knn(model.backbone, *knn_data, c.knn_k)
-    summary.update(
-        {
-            "final": _final(history, os.path.join(c.workdir, "history.csv")),
-            "knn_top1": final_knn,
-            "collapsed": collapse.collapsed,
-            "config": dataclasses.asdict(c),
-            "steps": step,
-            "wall_s": seconds,
-            # Of this process (None when it trained no step: a resume at the very end).
-            "pairs_per_s": (
-                (step - start_step) * c.batch_size / seconds if step > start_step else None
-            ),
-            "backend": keras.backend.backend(),
-            "replicas": replicas,
-            "seed": c.seed,
-            "versions": _versions(),
-            "git_commit": _git_commit(),
-            "python": sys.version.split()[0],
-        }
-    )
-    if chief:
-        model.save(os.path.join(c.workdir, "model.keras"))
-        if c.export:
-            summary["export"] = export_or_explain(model, c, log)
-        if knn_monitor:
-            history["knn_top1"] = [v for _, v in knn_monitor.history]
-            history["knn_top1_epochs"] = [e for e, _ in knn_monitor.history]
-        history["probe_z_std"] = [v for _, v in collapse.probe_history]
-        # history.csv holds the epochs of earlier (killed) processes of a resumed run too.
-        plotted = report.read_csv_history(os.path.join(c.workdir, "history.csv")) or history
-        report.plot_history(plotted, os.path.join(c.workdir, "history.png"), "SimSiam pretraining")
-        report.write_json(os.path.join(c.workdir, "summary.json"), summary)
+    summary = {
+        "train": source.name,
+        "random_init_knn_top1": random_init_knn,
+        "final": _final(history, os.path.join(c.workdir, "history.csv")),
+        "knn_top1": final_knn,
+        "collapsed": collapse.collapsed,
+        "config": dataclasses.asdict(c),
+        "steps": ckpt.step,
+        "wall_s": seconds,
+        # Of this process (None when it trained no step: a resume at the very end).
+        "pairs_per_s": (
+            (ckpt.step - start_step) * c.batch_size / seconds if ckpt.step > start_step else None
+        ),
+        "backend": keras.backend.backend(),
+        "replicas": replicas,
+        "seed": c.seed,
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "python": sys.version.split()[0],
+    }
+    if is_chief():
+        _finish(c, model, history, summary, knn_monitor, collapse, log)
     return summary
 
 
-def _callbacks(c, model, source, knn_data, steps, start_step, chief):
+def _strategy(c):
+    """The precision policy and the distribution strategy; returns `(strategy, replicas)`."""
+    if c.mixed_precision != "none":
+        keras.mixed_precision.set_global_policy(f"mixed_{c.mixed_precision}")
+    strategy, replicas = make_strategy(c.strategy)
+    if c.batch_size % replicas:
+        raise ConfigError(f"{{}} {c.batch_size} is not divisible by {replicas} replicas.",
+                          "batch_size")  # fmt: skip
+    return strategy, replicas
+
+
+def _data(c, log):
+    """The training source, its steps per epoch and the kNN monitor's datasets (or None)."""
+    from simsiam_keras import data  # TensorFlow (tf.data) from here on
+
+    source = data.load_source(c.dataset, "train", c.data_dir, c.train_dir, c.image_size)
+    steps = source.size // c.batch_size
+    if steps == 0:
+        raise ValueError(f"{source.name} has {source.size} images, fewer than one batch.")
+    steps = min(steps, c.steps_per_epoch or steps)
+    knn_data = None
+    if is_chief() and (c.knn_every or c.compare_random_init):  # other workers would only wait
+        val = data.load_source(c.dataset, "validation", c.data_dir, c.val_dir, c.image_size)
+        if source.labeled and val.labeled:
+            knn_data = [data.labeled_dataset(s, 256, c.image_size) for s in (source, val)]
+        else:
+            log("kNN monitor off: it needs labelled train and validation data.")
+    return source, steps, knn_data
+
+
+def _model(c, strategy, steps):
+    """The compiled model, seeded, built in the strategy's scope."""
+    keras.utils.set_random_seed(c.seed)
+    if c.deterministic:
+        _deterministic_kernels()
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        return build_model(c, steps, distributed=strategy is not None)
+
+
+def _random_init_knn(c, model, knn_data, log):
+    """The kNN top-1 of the untrained encoder (`compare_random_init`), else None.
+
+    With its BN statistics recomputed on the training images: the built ones (mean 0,
+    variance 1) would make the baseline look worse than it is (`knn.recalibrated_copy`).
+    """
+    if not (c.compare_random_init and knn_data):
+        return None
+    baseline = knn.recalibrated_copy(model.backbone, knn_data[0])
+    top1 = _knn(baseline, *knn_data, c.knn_k)
+    log(f"kNN top-1 of the random-init encoder (BN statistics recomputed on the training "
+        f"images): {top1:.2f}")  # fmt: skip
+    return top1
+
+
+def _restore(c, model, strategy, steps, log):
+    """Restores the workdir's last checkpoint, if any, then writes config.json; returns its step.
+
+    config.json is written only now, after every check passed, and before training, so a
+    killed run's checkpoints can still be exported.
+    """
+    found = checkpoint.latest(os.path.join(c.workdir, "checkpoints"))
+    start_step = checkpoint.read_state(found)["step"] if found else 0
+    if is_multi_worker(strategy):  # before the restore: no worker may be left waiting
+        _check_same_start(strategy, start_step)
+    if found:
+        checkpoint.restore(found, model)  # raises before anything is written on a mismatch
+        log(f"Resuming from {found} (step {start_step} of {c.epochs * steps}).")
+    if is_chief():
+        os.makedirs(c.workdir, exist_ok=True)
+        report.write_json(os.path.join(c.workdir, "config.json"), dataclasses.asdict(c))
+    return start_step
+
+
+def _finish(c, model, history, summary, knn_monitor, collapse, log):
+    """The chief's outputs: model.keras, the export, history.png and summary.json."""
+    model.save(os.path.join(c.workdir, "model.keras"))
+    if c.export:
+        summary["export"] = export_or_explain(model, c, log)
+    if knn_monitor:
+        history["knn_top1"] = [v for _, v in knn_monitor.history]
+        history["knn_top1_epochs"] = [e for e, _ in knn_monitor.history]
+    history["probe_z_std"] = [v for _, v in collapse.probe_history]
+    # history.csv holds the epochs of earlier (killed) processes of a resumed run too.
+    plotted = report.read_csv_history(os.path.join(c.workdir, "history.csv")) or history
+    report.plot_history(plotted, os.path.join(c.workdir, "history.png"), "SimSiam pretraining")
+    report.write_json(os.path.join(c.workdir, "summary.json"), summary)
+
+
+def _callbacks(c, model, source, knn_data, steps, start_step):
     """The run's callbacks, in the order their logs need: monitors, then writers."""
     from simsiam_keras import data
 
+    chief = is_chief()
     ckpt_dir = os.path.join(c.workdir, "checkpoints")
     ckpt = checkpoint.StepCheckpoint(ckpt_dir, c.checkpoint_every, steps, start_step, save=chief)
     callbacks = [ckpt]
@@ -493,7 +444,7 @@ def export_or_explain(model, config, log=print):
         )
         log(f"Exported the backbone to {path}")
         return path
-    code = f"from simsiam_keras import pretrain; pretrain.export_workdir({config.workdir!r})"
+    code = f"from simsiam_keras import export; export.run({config.workdir!r})"
     env = dict(os.environ, KERAS_BACKEND="tensorflow")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -508,40 +459,3 @@ def export_or_explain(model, config, log=print):
         return None
     log(f"Exported the backbone to {path} (in a TensorFlow-backend process)")
     return path
-
-
-def export_workdir(workdir, out=None, from_checkpoint=False):
-    """Exports the backbone of the pretraining run in `workdir` as a SavedModel.
-
-    Args:
-        workdir: a pretraining workdir (its `model.keras`, or its checkpoints and
-            `config.json`).
-        out: output directory (default: `WORKDIR/export/backbone`).
-        from_checkpoint: export the last step checkpoint instead of `model.keras`.
-
-    Returns:
-        `(path, image_size)`.
-
-    Raises:
-        ValueError: no model to export in `workdir`.
-    """
-    from simsiam_keras import export, linear
-
-    out = out or os.path.join(workdir, "export", "backbone")
-    config_path = os.path.join(workdir, "config.json")  # written when the run starts
-    config = {}
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            config = json.load(f)
-    if from_checkpoint:
-        found = checkpoint.latest(os.path.join(workdir, "checkpoints"))
-        if not found or not config:
-            raise ValueError(f"No checkpoint and config.json in {workdir!r}.")
-        model = build_model(PretrainConfig(**config), steps_per_epoch=1)
-        checkpoint.restore(found, model)
-        backbone = model.backbone
-    else:
-        backbone = linear.load_backbone(workdir)
-    size = config.get("image_size") or backbone.input_shape[1]
-    export.export_backbone(backbone, out, size, config.get("backbone"), config.get("width"))
-    return out, size

@@ -117,7 +117,7 @@ def test_collapse_monitor_warns_once_on_a_collapsed_model():
     assert len(caught) == 1  # patience 3: at epoch 3, and not again at epochs 4-6
     assert monitor.collapsed and monitor.collapse_epoch == 3
     message = str(caught[0].message)
-    for cause in ("collapsed", "learning rate", "augmentation", "--no_stop_gradient"):
+    for cause in ("collapsed", "learning rate", "augmentation", "--nostop_gradient"):
         assert cause in message
 
 

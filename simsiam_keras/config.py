@@ -1,0 +1,305 @@
+"""Every setting of the three tools in one place: its default, its help text and its checks.
+
+`PretrainConfig`, `LinearConfig` and `KnnConfig` hold the paper's ImageNet recipe as their
+defaults (docs/recipe.md). The scripts' absl flags are generated from their fields
+(`define_flags`), one flag of the same name per field (a boolean `stop_gradient` gives
+`--stop_gradient` / `--nostop_gradient`), so a flagfile overrides only what differs from the
+paper: `configs/in1k.cfg` is nearly empty, `configs/cifar10.cfg` holds the App. D changes.
+
+The one exception is the command without a flagfile: `python scripts/pretrain.py` alone runs
+the quickstart (the embedded digits, minutes on a CPU), because its defaults are then each
+config's `QUICKSTART` values, the same values `configs/quickstart.cfg` sets (a test keeps the
+two equal). With `--flagfile` the defaults are the paper's.
+
+`validate(config)` raises `ConfigError`, whose message names the setting (`batch_size must be
+a positive integer`); the scripts print it with the flag's dashes (`--batch_size ...`).
+
+This module imports neither TensorFlow nor Keras: the scripts define their flags before
+TensorFlow is imported.
+"""
+
+import dataclasses
+import os
+import types
+import typing
+
+BACKBONES = ("resnet18", "resnet18_cifar", "resnet50")  # backbones.BACKBONES (a test checks)
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+PRECISIONS = ("none", "float16", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A bad setting. `message` holds `{}` where each setting of `settings` is named."""
+
+    def __init__(self, message, *settings):
+        self.message = message
+        self.settings = settings
+        super().__init__(self.render())
+
+    def render(self, prefix=""):
+        """The message with each setting written `prefix + name` (`"--"`: as a flag)."""
+        parts = self.message.split("{}")
+        names = [prefix + s for s in self.settings] + [""] * len(parts)
+        return "".join(part + name for part, name in zip(parts, names[: len(parts) - 1] + [""]))
+
+
+def setting(default, help, check=None, choices=None, resumable=False):  # noqa: A002 (absl's word)
+    """A config field with its help text and checks.
+
+    Args:
+        default: the paper's value.
+        help: the flag's help text.
+        check: "positive", "non_negative", "dir" (an existing directory) or "exists".
+        choices: the allowed values (an enum flag).
+        resumable: the value may change when a run is resumed (where things are and what is
+            reported, not what is trained); the others must match the workdir's config.json.
+    """
+    meta = {"help": help, "check": check, "choices": choices, "resumable": resumable}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """A pretraining run. Defaults: the paper's ImageNet recipe (Sec. 4, App. A)."""
+
+    workdir: str | None = setting(
+        None, "Checkpoints, logs, summary and export (default: runs/<flagfile name>).",
+        resumable=True,
+    )  # fmt: skip
+    dataset: str = setting("imagenet2012", "'digits' (embedded, offline) or a TFDS name.")
+    data_dir: str | None = setting(None, "TFDS data directory.", resumable=True)
+    train_dir: str | None = setting(
+        None, "Image folder to pretrain on (selects the folder source).", check="dir"
+    )
+    val_dir: str | None = setting(
+        None, "Labelled image folder for the kNN monitor.", check="dir", resumable=True
+    )
+    backbone: str = setting("resnet50", "The encoder's backbone.", choices=BACKBONES)
+    width: float = setting(1.0, "Channel width multiplier (1: the paper's networks).", "positive")
+    image_size: int = setting(224, "Input height and width.", "positive")
+    batch_size: int = setting(512, "Global batch size (all replicas).", "positive")
+    epochs: int = setting(100, "Epochs (a larger value continues a finished run).", "positive",
+                          resumable=True)  # fmt: skip
+    base_lr: float = setting(0.05, "lr per 256 images (paper: 0.05 ImageNet, 0.03 CIFAR).",
+                             "positive")  # fmt: skip
+    weight_decay: float = setting(1e-4, "L2 weight decay (paper: 1e-4 ImageNet, 5e-4 CIFAR).",
+                                  "non_negative")  # fmt: skip
+    fix_pred_lr: bool = setting(True, "Keep the predictor's lr constant (paper Table 1).")
+    warmup_epochs: int = setting(
+        0, "Linear warm-up epochs (paper: 10 for batch >= 1024).", "non_negative"
+    )
+    dim: int = setting(2048, "Projector output width.", "positive")
+    pred_dim: int = setting(512, "Predictor bottleneck width.", "positive")
+    projector_layers: int | None = setting(
+        None, "Projector layers: 2 (CIFAR, App. D) or 3 (default: 2 for resnet18_cifar).",
+        "positive",
+    )  # fmt: skip
+    blur: bool | None = setting(None, "Gaussian blur in the views (default: on above 32 px).")
+    strategy: str = setting(
+        "auto",
+        "auto: all local accelerators; one_device; mirrored: tf MirroredStrategy (SyncBN), JAX "
+        "DataParallel; multi_worker: tf MultiWorkerMirroredStrategy from TF_CONFIG (run the "
+        "same command on every worker, --workdir on shared storage; worker 0 writes). "
+        "PyTorch: one device.",
+        choices=STRATEGIES, resumable=True,
+    )  # fmt: skip
+    mixed_precision: str = setting("none", "Compute precision.", choices=PRECISIONS)
+    seed: int = setting(0, "Seed.")
+    stop_gradient: bool = setting(
+        True, "The stop-gradient on z (--nostop_gradient: the Fig. 2 collapse ablation)."
+    )
+    knn_every: int = setting(
+        0, "kNN monitor every N epochs (0: off; it needs labelled train and validation data).",
+        "non_negative", resumable=True,
+    )  # fmt: skip
+    knn_k: int = setting(200, "kNN monitor: neighbours (paper: 200).", "positive",
+                         resumable=True)  # fmt: skip
+    checkpoint_every: int = setting(1000, "Steps between checkpoints.", "positive",
+                                    resumable=True)  # fmt: skip
+    steps_per_epoch: int | None = setting(
+        None, "Cap on steps per epoch (smoke runs; default: the whole split).", "positive"
+    )
+    deterministic: bool = setting(False, "Fixed data order, views and kernels for the seed.")
+    export: bool = setting(True, "Export the backbone as a SavedModel at the end.",
+                           resumable=True)  # fmt: skip
+    compare_random_init: bool = setting(
+        False, "Also report a random-init encoder's kNN (BN statistics recomputed).",
+        resumable=True,
+    )  # fmt: skip
+    progress_every_s: float = setting(
+        30.0, "Seconds between progress lines when not on a terminal.", "non_negative",
+        resumable=True,
+    )  # fmt: skip
+
+    # `python scripts/pretrain.py` without a flagfile (and configs/quickstart.cfg): offline on
+    # the embedded 8x8 digits, minutes on 2 CPU cores. Chosen by measurement (README,
+    # "Quickstart"): k=20 because the memory has 150 images per class.
+    QUICKSTART: typing.ClassVar[dict] = {
+        "dataset": "digits", "backbone": "resnet18_cifar", "width": 0.25, "image_size": 16,
+        "batch_size": 64, "epochs": 30, "base_lr": 0.3, "weight_decay": 5e-4, "knn_every": 5,
+        "knn_k": 20, "checkpoint_every": 200, "deterministic": True,
+        "compare_random_init": True,
+    }  # fmt: skip
+
+    def check(self):
+        """The checks that involve more than one setting or the file system."""
+        if self.workdir is None:
+            raise ConfigError("{} is required.", "workdir")
+        if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
+            raise ConfigError(f"{{}} {self.workdir!r} exists and is a file.", "workdir")
+        if self.val_dir and not self.train_dir:
+            raise ConfigError("{} needs {} (the kNN memory).", "val_dir", "train_dir")
+        if self.warmup_epochs >= self.epochs:
+            raise ConfigError(
+                f"{{}} ({self.warmup_epochs}) must be < {{}} ({self.epochs}).",
+                "warmup_epochs", "epochs",
+            )  # fmt: skip
+
+
+_DATA = {
+    "pretrained": "A .keras SimSiam/backbone file, an exported SavedModel or a pretraining "
+    "workdir.",
+    "image_size": "Input height and width (default: the size the model was built for).",
+}
+
+
+@dataclasses.dataclass
+class LinearConfig:
+    """A linear evaluation. Defaults: the paper's ImageNet protocol (App. A)."""
+
+    pretrained: str | None = setting(None, _DATA["pretrained"], "exists")
+    workdir: str | None = setting(None, "Where results go (default: beside --pretrained).")
+    dataset: str = setting("imagenet2012", "'digits' (embedded) or a TFDS name.")
+    data_dir: str | None = setting(None, "TFDS data directory.")
+    train_dir: str | None = setting(None, "Labelled image folder <class>/<image>.", "dir")
+    val_dir: str | None = setting(None, "Labelled validation image folder.", "dir")
+    image_size: int | None = setting(None, _DATA["image_size"], "positive")
+    batch_size: int = setting(4096, "Global batch size.", "positive")
+    epochs: int = setting(90, "Epochs of the official protocol.", "positive")
+    protocol: str = setting(
+        "official",
+        "official: LARS/SGD on augmented views (the paper); features: L-BFGS on frozen "
+        "features, exact and fast for small datasets; auto: features up to 200,000 "
+        "training images.",
+        choices=("auto", "official", "features"),
+    )  # fmt: skip
+    optimizer: str = setting("lars", "LARS or plain SGD.", choices=("lars", "sgd"))
+    base_lr: float | None = setting(None, "lr per 256 images (default: LARS 0.1, SGD 30).",
+                                    "positive")  # fmt: skip
+    weight_decay: float = setting(0.0, "L2 weight decay (paper: 0).", "non_negative")
+    steps_per_epoch: int | None = setting(None, "Cap on steps per epoch (smoke runs).",
+                                          "positive")  # fmt: skip
+    seed: int = setting(0, "Seed.")
+    l2: float = setting(
+        1.0, "--protocol=features: inverse L2 strength on standardised features.", "positive"
+    )
+    progress_every_s: float = setting(
+        30.0, "Seconds between progress lines when not on a terminal.", "non_negative"
+    )
+
+    QUICKSTART: typing.ClassVar[dict] = {
+        "dataset": "digits", "batch_size": 256, "epochs": 10, "protocol": "auto",
+    }  # fmt: skip
+
+    def check(self):
+        """The checks that involve more than one setting."""
+        if not self.pretrained:
+            raise ConfigError("{} is required.", "pretrained")
+        if bool(self.train_dir) != bool(self.val_dir):
+            raise ConfigError("{} and {} go together (both labelled folders).",
+                              "train_dir", "val_dir")  # fmt: skip
+        workdir = getattr(self, "workdir", None) or ""
+        if os.path.exists(workdir) and not os.path.isdir(workdir):
+            raise ConfigError(f"{{}} {workdir!r} is a file.", "workdir")
+
+
+@dataclasses.dataclass
+class KnnConfig:
+    """A kNN evaluation (k=200, T=0.2, cosine, weighted vote: the InstDisc monitor)."""
+
+    pretrained: str | None = setting(None, _DATA["pretrained"], "exists")
+    dataset: str = setting("imagenet2012", "'digits' (embedded) or a TFDS name.")
+    data_dir: str | None = setting(None, "TFDS data directory.")
+    train_dir: str | None = setting(None, "Labelled image folder (the kNN memory).", "dir")
+    val_dir: str | None = setting(None, "Labelled image folder (the queries).", "dir")
+    image_size: int | None = setting(None, _DATA["image_size"], "positive")
+    batch_size: int = setting(256, "Feature batch size.", "positive")
+    k: int = setting(200, "Neighbours.", "positive")
+    temperature: float = setting(0.2, "Vote temperature.", "positive")
+
+    QUICKSTART: typing.ClassVar[dict] = {"dataset": "digits"}
+
+    check = LinearConfig.check  # the same pairing of --pretrained and the folders
+
+
+def validate(config):
+    """Raises `ConfigError` naming the first bad setting of `config`; returns `config`."""
+    for field in dataclasses.fields(config):
+        value, meta = getattr(config, field.name), field.metadata
+        if value is None:
+            continue
+        choices, check = meta.get("choices"), meta.get("check")
+        if choices and value not in choices:
+            raise ConfigError(f"{{}} must be one of {list(choices)}; got {value!r}.", field.name)
+        if check == "positive" and _base_type(field) is int:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{{}} must be a positive integer; got {value!r}.", field.name)
+        elif check == "positive" and not value > 0:
+            raise ConfigError(f"{{}} must be positive; got {value!r}.", field.name)
+        elif check == "non_negative" and not value >= 0:
+            raise ConfigError(f"{{}} must be >= 0; got {value!r}.", field.name)
+        elif check == "dir" and not os.path.isdir(value):
+            raise ConfigError(f"{{}}: image folder not found: {value!r}", field.name)
+        elif check == "exists" and not os.path.exists(value):
+            raise ConfigError(f"{{}}: not found: {value!r}", field.name)
+    config.check()
+    return config
+
+
+def resumable(config_class):
+    """The names of the settings that may change when a run is resumed."""
+    return tuple(f.name for f in dataclasses.fields(config_class) if f.metadata["resumable"])
+
+
+def _base_type(field):
+    """`int` for `int` and `int | None`, and so on."""
+    if isinstance(field.type, types.UnionType):
+        return next(t for t in typing.get_args(field.type) if t is not type(None))
+    return field.type
+
+
+def define_flags(config_class, quickstart=False, flag_values=None):
+    """Defines one absl flag per field of `config_class`, with its help text.
+
+    Args:
+        config_class: `PretrainConfig`, `LinearConfig` or `KnnConfig`.
+        quickstart: take the defaults from `config_class.QUICKSTART` where it has them.
+        flag_values: an `absl.flags.FlagValues` (default: the global `FLAGS`).
+    """
+    from absl import flags
+
+    fv = flags.FLAGS if flag_values is None else flag_values
+    defaults = config_class.QUICKSTART if quickstart else {}
+    for field in dataclasses.fields(config_class):
+        default = defaults.get(field.name, field.default)
+        help_text, choices = field.metadata["help"], field.metadata["choices"]
+        kind = _base_type(field)
+        if choices:
+            flags.DEFINE_enum(field.name, default, list(choices), help_text, flag_values=fv)
+        elif kind is bool:
+            flags.DEFINE_bool(field.name, default, help_text, flag_values=fv)
+        elif kind is int:
+            flags.DEFINE_integer(field.name, default, help_text, flag_values=fv)
+        elif kind is float:
+            flags.DEFINE_float(field.name, default, help_text, flag_values=fv)
+        else:
+            flags.DEFINE_string(field.name, default, help_text, flag_values=fv)
+
+
+def from_flags(config_class, flag_values=None, **overrides):
+    """The `config_class` instance the parsed flags describe (`overrides` win)."""
+    from absl import flags
+
+    fv = flags.FLAGS if flag_values is None else flag_values
+    values = {f.name: fv[f.name].value for f in dataclasses.fields(config_class)}
+    return config_class(**{**values, **overrides})
