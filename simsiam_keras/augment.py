@@ -2,13 +2,13 @@
 
 One image at a time, for `tf.data.Dataset.map`. Why per-image TensorFlow ops and not KerasCV or
 Keras layers (docs/keras_notes.md, traps 4-5): KerasCV's `RandomCropAndResize` samples the
-aspect ratio uniformly and clips instead of torchvision's 10 attempts with a centre-crop fallback;
-Keras's `RandomGaussianBlur` draws one sigma per batch; `RandomColorJitter` is additive with a fixed
-order and no apply probability. And speed: the nearest KerasCV layer pipeline ran at 0.33x the image
-pairs per second of this module at 224 px on 2 cores (`scripts/benchmark.py pipeline --impl
-kerascv`, README). So each op here is written from torchvision's definition and randomness is drawn
-per image from a stateless seed (the same seed gives the same views whatever the parallelism). The
-steps after the crop run XLA-compiled in the pipeline (`augment_cropped(..., compiled=True)`);
+aspect ratio uniformly and clips instead of torchvision's 10 attempts with a centre-crop
+fallback; Keras's `RandomGaussianBlur` draws one sigma per batch; `RandomColorJitter` is
+additive with a fixed order and no apply probability; and the nearest KerasCV layer pipeline was
+measured slower (`scripts/benchmark.py pipeline --impl kerascv`; README, "Measured speed"). So
+each op here is written from torchvision's definition and randomness is drawn per image from a
+stateless seed (the same seed gives the same views whatever the parallelism). The steps after
+the crop run XLA-compiled in the pipeline (`augment_cropped(..., compiled=True)`);
 `device_augment.py` has the same steps in `keras.ops` for the accelerator.
 
 Every image is float32 RGB in [0, 1] until `normalize`.
@@ -93,8 +93,7 @@ def resize(image, size):
     """Bilinear resize to `size` x `size` with antialiasing (as PIL's, used by torchvision).
 
     Antialiasing only changes a downscale; an upscale on both axes takes the plain bilinear
-    kernel, which gives the same values (to 2e-7) about 2x faster here
-    (0.54 vs 1.24 ms per 150x120 -> 224 resize in one microbenchmark, call overhead included).
+    kernel, which gives the same values (to 2e-7) faster (README, "Measured speed").
     """
     shape = tf.shape(image)
 
@@ -182,7 +181,7 @@ def gaussian_blur(image, sigma, radius=BLUR_RADIUS):
     Gaussian); this is the Gaussian it approximates, truncated at 6 px = 3 x the largest sigma
     (so at >= 3 sigma for every sigma in [0.1, 2]), the same kernel as `device_augment`'s.
     Written as shifted sums: XLA fuses them (`augment_cropped(compiled=True)`), where a depthwise
-    convolution under XLA ran ~20x slower on this CPU.
+    convolution under XLA was measured much slower (README, "Measured speed").
     """
     image = tf.convert_to_tensor(image, tf.float32)
     h, w = image.shape[0], image.shape[1]
@@ -199,7 +198,7 @@ def gaussian_blur(image, sigma, radius=BLUR_RADIUS):
 
 
 def hflip(image):
-    """Horizontal flip (`tf.reverse`: several times faster here than a ::-1 slice)."""
+    """Horizontal flip (`tf.reverse`, faster than a ::-1 slice)."""
     return tf.reverse(image, [1])
 
 

@@ -9,9 +9,9 @@
   PyTorch, an error.
 - `multi_worker`: TensorFlow, MultiWorkerMirroredStrategy from `TF_CONFIG`; elsewhere an error.
 
-Multi-worker training (TF backend) needs two workarounds for Keras 3, both measured on
+Multi-worker training (TF backend) needs two workarounds of upstream bugs, reproduced on
 keras 3.15 / TF 2.21 with two localhost workers (tests/test_distributed.py): `SimSiam`
-reshapes its logs and skips Keras's symbolic build (see `model.py`), and inference for the
+reshapes its logs and skips Keras's symbolic build (`workarounds.py`), and inference for the
 monitors goes through `local_predict`, because `predict_on_batch` under
 MultiWorkerMirroredStrategy gathers every worker's outputs (8 images in, 16 rows out with two
 workers) and is a collective that every worker must join.

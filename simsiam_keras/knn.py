@@ -73,7 +73,7 @@ def extract_features(backbone, dataset, batch_size=256, normalize=True, progress
         )
     features, all_labels = [], []
     # predict_on_batch runs compiled (tf.function / jax.jit) and without autograd on torch:
-    # 1.4-3.4x faster than an eager `backbone(images, training=False)` on this CPU.
+    # faster than an eager `backbone(images, training=False)` (README, "Measured speed").
     predict = distribute.local_predict(backbone)
     progress = None
     if progress_every_s is not None:

@@ -1,8 +1,8 @@
 """SimSiam as a `keras.Model` with its own `train_step` (paper Sec. 3, Algorithm 1).
 
 The maths (forward pass, loss, metrics) is backend-neutral `keras.ops`; only the gradient step
-differs per backend, in the three short `_*_train_step` methods below, mirroring
-`keras/src/backend/{tensorflow,jax,torch}/trainer.py`.
+differs per backend: `train_steps.py` has one short function per backend, and
+`workarounds.py` the two upstream multi-worker bugs they avoid.
 
 Data: `fit` takes elements whose x is the pair of views, e.g. a tf.data dataset of
 `((x1, x2),)`, of `((x1, x2), labels)` (labels ignored) or of `{"x1": x1, "x2": x2}`, or NumPy
@@ -13,7 +13,7 @@ Keras as `(x, y)` (docs/keras_notes.md, trap 7).
 import keras
 from keras import ops
 
-from simsiam_keras import backbones, distribute, heads, losses
+from simsiam_keras import backbones, heads, losses, train_steps, workarounds
 
 
 def _unpack_views(data):
@@ -133,7 +133,8 @@ class SimSiam(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.z_std_tracker]
 
-    def _update_metrics(self, loss, z1, lr=None):
+    def update_simsiam_metrics(self, loss, z1, lr=None):
+        """Updates the loss and z_std trackers; returns the logs (with `lr` when given)."""
         self.loss_tracker.update_state(loss)
         self.z_std_tracker.update_state(losses.output_std(z1))
         logs = {m.name: m.result() for m in self.metrics}
@@ -142,100 +143,31 @@ class SimSiam(keras.Model):
         return logs
 
     def train_step(self, *args):
-        """One SGD step on a batch of view pairs; dispatches to the backend's gradient step."""
+        """One SGD step on a batch of view pairs, by the backend's step in `train_steps`."""
         backend = keras.backend.backend()
         if backend == "jax":
-            return self._jax_train_step(*args)
+            state, data = args
+            return train_steps.jax_step(self, state, *_unpack_views(data))
         if backend == "torch":
-            return self._torch_train_step(*args)
-        return self._tf_train_step(*args)
-
-    def _tf_train_step(self, data):
-        import tensorflow as tf
-
-        x1, x2 = _unpack_views(data)
-        lr = self.optimizer.learning_rate
-        with tf.GradientTape() as tape:
-            outputs = self((x1, x2), training=True)
-            loss = self.compute_simsiam_loss(outputs)
-            # Gradients are summed over replicas, so each replica's mean is divided by their
-            # number (docs/keras_notes.md, trap 1).
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = self.optimizer.scale_loss(loss / replicas)
-        grads = tape.gradient(scaled, self.trainable_variables)
-        self.optimizer.apply(grads, self.trainable_variables)
-        logs = self._update_metrics(loss, outputs["z1"], lr)
-        if distribute.is_multi_worker(tf.distribute.get_strategy()):
-            # Keras reduces each log over workers with `strategy.reduce("MEAN", v, axis=0)`,
-            # which fails on a scalar (tensorflow/tensorflow#72388): give it shape [1].
-            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
-        return logs
+            return train_steps.torch_step(self, *_unpack_views(args[0]))
+        return train_steps.tensorflow_step(self, *_unpack_views(args[0]))
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras's TF trainer reduces a first batch eagerly to build the model symbolically; under
-        # MultiWorkerMirroredStrategy that reduce fails on any nested batch
-        # (keras-team/keras#20585). This model is built in `__init__` and has no compiled loss or
-        # metrics, so there is nothing to build: skip it there.
-        if distribute.is_multi_worker(getattr(self, "_distribute_strategy", None)):
+        if workarounds.skip_symbolic_build(self):  # keras-team/keras#20585
             return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
-    def _torch_train_step(self, data):
-        import torch
-
-        x1, x2 = _unpack_views(data)
-        lr = self.optimizer.learning_rate
-        self.zero_grad()
-        outputs = self((x1, x2), training=True)
-        loss = self.compute_simsiam_loss(outputs)
-        self.optimizer.scale_loss(loss).backward()
-        grads = [v.value.grad for v in self.trainable_variables]
-        with torch.no_grad():
-            self.optimizer.apply(grads, self.trainable_variables)
-        return self._update_metrics(ops.stop_gradient(loss), ops.stop_gradient(outputs["z1"]), lr)
-
-    def _jax_train_step(self, state, data):
-        import jax
-
-        trainable, non_trainable, optimizer_vars, metrics_vars = state
-        x1, x2 = _unpack_views(data)
-        optimizer_mapping = list(zip(self.optimizer.variables, optimizer_vars))
-
-        def loss_fn(trainable, non_trainable):
-            outputs, non_trainable = self.stateless_call(
-                trainable, non_trainable, (x1, x2), training=True
-            )
-            loss = self.compute_simsiam_loss(outputs)
-            with keras.StatelessScope(state_mapping=optimizer_mapping):
-                scaled = self.optimizer.scale_loss(loss)
-            return scaled, (loss, outputs["z1"], non_trainable)
-
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (_, (loss, z1, non_trainable)), grads = grad_fn(trainable, non_trainable)
-        with keras.StatelessScope(state_mapping=optimizer_mapping):
-            lr = ops.convert_to_tensor(self.optimizer.learning_rate)  # a Variable when constant
-        trainable, optimizer_vars = self.optimizer.stateless_apply(optimizer_vars, grads, trainable)
-        with keras.StatelessScope(
-            state_mapping=list(zip(self.metrics_variables, metrics_vars))
-        ) as scope:
-            logs = self._update_metrics(loss, z1, lr)
-        metrics_vars = [scope.get_current_value(v) for v in self.metrics_variables]
-        return logs, (trainable, non_trainable, optimizer_vars, metrics_vars)
 
     def test_step(self, *args):
         """Loss and z_std of a batch of view pairs with BatchNorm in inference mode."""
         if keras.backend.backend() != "jax":
             outputs = self(_unpack_views(args[0]), training=False)
-            return self._update_metrics(self.compute_simsiam_loss(outputs), outputs["z1"])
+            return self.update_simsiam_metrics(self.compute_simsiam_loss(outputs), outputs["z1"])
         (trainable, non_trainable, metrics_vars), data = args
         outputs, non_trainable = self.stateless_call(
             trainable, non_trainable, _unpack_views(data), training=False
         )
-        with keras.StatelessScope(
-            state_mapping=list(zip(self.metrics_variables, metrics_vars))
-        ) as scope:
-            logs = self._update_metrics(self.compute_simsiam_loss(outputs), outputs["z1"])
-        metrics_vars = [scope.get_current_value(v) for v in self.metrics_variables]
+        loss = self.compute_simsiam_loss(outputs)
+        logs, metrics_vars = train_steps.jax_metrics(self, metrics_vars, loss, outputs["z1"])
         return logs, (trainable, non_trainable, metrics_vars)
 
     def get_config(self):

@@ -86,7 +86,7 @@ def test_a_workdir_is_never_damaged_and_a_finished_run_is_not_rerun(tmp_path):
 
     # Another run's flags: one line naming the flags that differ; nothing written.
     other = _script("pretrain", f"--flagfile={flagfile}", "--width=0.25", "--seed=3", cwd=tmp_path)
-    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert other.returncode == 2 and "Traceback" not in other.stderr
     lines = other.stderr.strip().splitlines()
     assert len(lines) == 1 and "--width=0.125 (now 0.25)" in lines[0] and "--seed=0" in lines[0]
     assert "new --workdir" in lines[0]
@@ -175,7 +175,7 @@ def test_a_corrupt_config_json_stops_with_one_line(tmp_path):
     work.mkdir()
     (work / "config.json").write_text('{"workdir": ')  # damaged by hand (ours are atomic)
     result = _script("pretrain", *SMALL, f"--workdir={work}", "--epochs=1", timeout=300)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert (
         result.stderr.strip().splitlines() == [result.stderr.strip()]
         and "config.json is not valid JSON" in result.stderr
