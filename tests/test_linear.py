@@ -151,7 +151,7 @@ def test_scripts_reject_bad_input(saved, tmp_path):
     )  # fmt: skip
     assert result.returncode != 0 and "no labels" in result.stderr
     result = _script("linear_eval.py", f"--pretrained={tmp / 'model.keras'}", "--epochs=0")
-    assert result.returncode != 0 and "--epochs must be positive" in result.stderr
+    assert result.returncode != 0 and "--epochs must be a positive integer" in result.stderr
     result = _script("linear_eval.py", f"--pretrained={tmp / 'model.keras'}", "--l2=0")
     assert result.returncode != 0 and "--l2 must be positive" in result.stderr
     result = _script("linear_eval.py", f"--pretrained={tmp / 'model.keras'}", "--image_size=32")

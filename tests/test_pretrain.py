@@ -53,7 +53,7 @@ def test_smoke_run_writes_everything(tmp_path):
         (["--batch_size=0"], "--batch_size must be a positive integer"),
         (["--epochs=-1"], "--epochs must be a positive integer"),
         (["--base_lr=0"], "--base_lr must be positive"),
-        (["--backbone=vgg"], "--backbone must be one of"),
+        (["--backbone=vgg"], "flag --backbone=vgg: value should be one of"),
         (["--train_dir=/no/such/dir"], "image folder not found"),
         (["--dataset=no_such_tfds_name"], "Unknown TFDS dataset"),
         (["--strategy=everything"], "strategy"),
