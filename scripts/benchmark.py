@@ -120,7 +120,7 @@ def _kerascv_two_views(source):
     import tensorflow as tf
     from keras import layers
 
-    from simsiam_keras import data
+    from simsiam_keras import augment
 
     size = FLAGS.image_size
     blur = [keras_cv.layers.RandomGaussianBlur(kernel_size=2 * (size // 20) + 1, factor=(0.1, 2.0))]
@@ -139,7 +139,7 @@ def _kerascv_two_views(source):
     stored = int(size * 1.15)
 
     def load(item, label):
-        return tf.image.resize(data._full_image(item, source.kind), (stored, stored))
+        return tf.image.resize(augment.full_image(item, source.kind), (stored, stored))
 
     ds = source.dataset.repeat().shuffle(10_000).map(load, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(FLAGS.batch_size, drop_remainder=True)
@@ -164,13 +164,13 @@ def _ablate(steps):
 
 
 def benchmark_pipeline():
-    from simsiam_keras import data
+    from simsiam_keras import data, sources
 
     _ablate(FLAGS.ablate)
     if FLAGS.train_dir:
-        source = data.image_folder(FLAGS.train_dir)
+        source = sources.image_folder(FLAGS.train_dir)
     else:
-        source = data.embedded_digits("train", FLAGS.image_size)
+        source = sources.embedded_digits("train", FLAGS.image_size)
     if FLAGS.impl == "kerascv":
         ds = _kerascv_two_views(source)
     else:

@@ -31,11 +31,11 @@ def view_grid(source, num_images, image_size, blur=True, seed=0):
     import numpy as np
     import tensorflow as tf
 
-    from simsiam_keras import augment, data
+    from simsiam_keras import augment, data, sources
 
     mean, std = np.array(augment.IMAGENET_MEAN), np.array(augment.IMAGENET_STD)
     shown = source.dataset.take(num_images)
-    subset = data.Source(shown, source.kind, min(num_images, source.size), source.name)
+    subset = sources.Source(shown, source.kind, min(num_images, source.size), source.name)
     originals, _ = next(
         iter(
             data.labeled_dataset(
@@ -66,13 +66,13 @@ def main(argv):
     del argv
     from PIL import Image
 
-    from simsiam_keras import data
+    from simsiam_keras import sources
 
     out_dir = os.path.dirname(os.path.abspath(_OUT.value))
     if not os.path.isdir(out_dir):
         raise cli.UsageError(f"--out: folder {out_dir!r} does not exist.")
     try:
-        source = data.load_source(
+        source = sources.load_source(
             _DATASET.value, "train", _DATA_DIR.value, _TRAIN_DIR.value, _SIZE.value
         )
     except ValueError as e:  # a bad --dataset / --train_dir

@@ -334,3 +334,51 @@ def linear_cropped(image, seed):
     """Linear-evaluation training view after its RandomResizedCrop: flip p=0.5, normalise."""
     image = tf.clip_by_value(image, 0.0, 1.0)
     return normalize(_maybe(_uniform(seed) < recipe.P_FLIP, hflip, image))
+
+
+def crops(item, kind, seeds, size, scale, fused=True):
+    """[len(seeds), size, size, 3] random resized crops of one source item, float32 in [0, 1].
+
+    Args:
+        item: a decoded image ("pixels"), encoded bytes ("bytes") or a file path ("path").
+        kind: which of the three `item` is.
+        seeds: one stateless seed per crop.
+        size: the output height and width.
+        scale: the crop's area range, as a fraction of the image.
+        fused: decode only each crop's window of a JPEG (`tf.io.decode_and_crop_jpeg`), once
+            per crop, instead of the whole image once.
+    """
+    from simsiam_keras.sources import decode_image
+
+    def crop(image, s):
+        return random_resized_crop(image, size, s, scale)
+
+    if kind == "pixels":
+        return tf.stack([crop(item, s) for s in seeds])
+    contents = tf.io.read_file(item) if kind == "path" else item
+
+    def decode_each_crop():  # JPEG: only the crop window is decoded (IDCT), once per view
+        height, width = tf.unstack(tf.io.extract_jpeg_shape(contents)[:2])
+        out = []
+        for s in seeds:
+            window = tf.stack(sample_crop(height, width, s, scale))
+            crop = tf.io.decode_and_crop_jpeg(contents, window, channels=3)
+            out.append(resize(tf.cast(crop, tf.float32), size) / 255.0)
+        return tf.stack(out)
+
+    def decode_once():
+        image = decode_image(contents)
+        return tf.stack([crop(image, s) for s in seeds])
+
+    if not fused:
+        return decode_once()
+    return tf.cond(tf.io.is_jpeg(contents), decode_each_crop, decode_once)
+
+
+def full_image(item, kind):
+    """The whole decoded image of a source item (see `crops`), float32 in [0, 1]."""
+    from simsiam_keras.sources import decode_image
+
+    if kind == "pixels":
+        return tf.convert_to_tensor(item, tf.float32)
+    return decode_image(tf.io.read_file(item) if kind == "path" else item)

@@ -253,13 +253,13 @@ def load_evaluation(config):
         config: a `LinearConfig` or `KnnConfig` (validated here).
 
     Returns:
-        `(backbone, image_size, train, val)`: `train` and `val` are `data.Source`s.
+        `(backbone, image_size, train, val)`: `train` and `val` are `sources.Source`s.
 
     Raises:
         ConfigError: a bad setting, or a model that cannot take the image size.
         ValueError: data without labels.
     """
-    from simsiam_keras import data
+    from simsiam_keras import sources
     from simsiam_keras.config import ConfigError, validate
 
     c = validate(config)
@@ -271,8 +271,8 @@ def load_evaluation(config):
     if size is None:
         raise ConfigError(f"{{}} {c.pretrained!r} takes any input size: give {{}}.",
                           "pretrained", "image_size")  # fmt: skip
-    train = data.load_source(c.dataset, "train", c.data_dir, c.train_dir, size)
-    val = data.load_source(c.dataset, "validation", c.data_dir, c.val_dir, size)
+    train = sources.load_source(c.dataset, "train", c.data_dir, c.train_dir, size)
+    val = sources.load_source(c.dataset, "validation", c.data_dir, c.val_dir, size)
     for source in (train, val):
         if not source.labeled:
             raise ValueError(f"{source.name} has no labels; the evaluation needs them.")

@@ -183,16 +183,16 @@ def _strategy(c):
 
 def _data(c, log):
     """The training source, its steps per epoch and the kNN monitor's datasets (or None)."""
-    from simsiam_keras import data  # TensorFlow (tf.data) from here on
+    from simsiam_keras import data, sources  # TensorFlow (tf.data) from here on
 
-    source = data.load_source(c.dataset, "train", c.data_dir, c.train_dir, c.image_size)
+    source = sources.load_source(c.dataset, "train", c.data_dir, c.train_dir, c.image_size)
     steps = source.size // c.batch_size
     if steps == 0:
         raise ValueError(f"{source.name} has {source.size} images, fewer than one batch.")
     steps = min(steps, c.steps_per_epoch or steps)
     knn_data = None
     if is_chief() and (c.knn_every or c.compare_random_init):  # other workers would only wait
-        val = data.load_source(c.dataset, "validation", c.data_dir, c.val_dir, c.image_size)
+        val = sources.load_source(c.dataset, "validation", c.data_dir, c.val_dir, c.image_size)
         if source.labeled and val.labeled:
             knn_data = [data.labeled_dataset(s, 256, c.image_size) for s in (source, val)]
         else:

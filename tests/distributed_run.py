@@ -34,7 +34,7 @@ if MODE == "worker":  # before any TF op: collectives are configured at startup
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from simsiam_keras import data, monitors, pretrain  # noqa: E402
+from simsiam_keras import data, monitors, pretrain, sources  # noqa: E402
 
 STEPS = 3
 
@@ -86,9 +86,9 @@ def main(init_path, out_path):
         x1, x2 = (rng.normal(size=(48, 16, 16, 3)).astype("float32") for _ in range(2))
         dataset = tf.data.Dataset.from_tensor_slices(((x1, x2),)).batch(16)
     else:
-        source = data.embedded_digits("train", config.image_size)
+        source = sources.embedded_digits("train", config.image_size)
         dataset = pretrain.train_dataset(source, config, STRATEGY, shuffle=False)
-        val = data.embedded_digits("validation", config.image_size)
+        val = sources.embedded_digits("validation", config.image_size)
         knn_data = [data.labeled_dataset(s, 256, config.image_size) for s in (source, val)]
         knn_monitor = monitors.KNNMonitor(*knn_data, k=20)
         probe = next(iter(knn_data[1]))[0]

@@ -6,7 +6,7 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image
 
-from simsiam_keras import augment, data
+from simsiam_keras import augment, data, sources
 
 
 def _take(ds):
@@ -15,7 +15,7 @@ def _take(ds):
 
 
 def test_embedded_digits_offline_two_views():
-    source = data.embedded_digits("train", image_size=16)
+    source = sources.embedded_digits("train", image_size=16)
     assert source.size == 1500 and source.num_classes == 10 and source.kind == "pixels"
     ds = data.two_view_dataset(
         source, batch_size=8, image_size=16, blur=False, seed=1, deterministic=True
@@ -42,11 +42,11 @@ def test_embedded_digits_offline_two_views():
     )
     assert not np.allclose(x1, other[0])
     with pytest.raises(ValueError, match="split"):
-        data.embedded_digits("unlabelled")
+        sources.embedded_digits("unlabelled")
 
 
 def test_labeled_eval_dataset_keeps_order_and_labels():
-    source = data.embedded_digits("test", image_size=16)
+    source = sources.embedded_digits("test", image_size=16)
     images, labels = [], []
     for x, y in data.labeled_dataset(source, batch_size=100, image_size=16, deterministic=True):
         images.append(x.numpy())
@@ -99,7 +99,7 @@ def test_image_folder_with_every_bad_file(bad_folder, monkeypatch):
     path, good = bad_folder
     warnings = []
     monkeypatch.setattr(logging, "warning", lambda msg, *args: warnings.append(msg % args))
-    source = data.image_folder(str(path))
+    source = sources.image_folder(str(path))
     # Listing catches non-images and truncated files; one warning with the count and names.
     assert len(warnings) == 1 and "Skipped 3" in warnings[0] and "truncated.jpg" in warnings[0]
     assert sorted(os.path.basename(p) for p in source.skipped) == [
@@ -117,7 +117,7 @@ def test_image_folder_with_every_bad_file(bad_folder, monkeypatch):
     assert len(images) == len(good)
     # `verify` decodes every file and also reports the corrupt one.
     warnings.clear()
-    verified = data.image_folder(str(path), verify=True)
+    verified = sources.image_folder(str(path), verify=True)
     assert verified.size == len(good) and "Skipped 4" in warnings[0]
     assert "corrupt.jpg" in " ".join(verified.skipped)
 
@@ -126,7 +126,7 @@ def test_decoded_formats_become_rgb_in_unit_range(bad_folder):
     path, _ = bad_folder
     for name, mode in [("cmyk.jpg", "CMYK"), ("deep16.png", "I;16"), ("rgba.png", "RGBA")]:
         contents = tf.io.read_file(str(path / name))
-        image = data._decode(contents).numpy()
+        image = sources.decode_image(contents).numpy()
         expected = np.asarray(Image.open(path / name).convert("RGB"), "float32") / 255.0
         assert image.shape[-1] == 3 and 0.0 <= image.min() and image.max() <= 1.0, name
         if mode != "I;16":  # PIL clips 16-bit to 8-bit on convert; TF rescales: check range only
@@ -137,8 +137,8 @@ def test_fused_jpeg_crop_equals_decode_then_crop(bad_folder):
     path, _ = bad_folder
     contents = tf.io.read_file(str(path / "rgb.jpg"))
     seeds = [tf.constant([3, 4], tf.int64), tf.constant([5, 6], tf.int64)]
-    fused = data._crops(contents, "encoded", seeds, 24, (0.2, 1.0), fused=True)
-    plain = data._crops(contents, "encoded", seeds, 24, (0.2, 1.0), fused=False)
+    fused = augment.crops(contents, "encoded", seeds, 24, (0.2, 1.0), fused=True)
+    plain = augment.crops(contents, "encoded", seeds, 24, (0.2, 1.0), fused=False)
     # Equal but at the crop's border, where libjpeg upsamples chroma without the neighbour
     # block the full decode has: a few border columns/rows differ a little.
     diff = np.abs(fused.numpy() - plain.numpy())
@@ -147,14 +147,14 @@ def test_fused_jpeg_crop_equals_decode_then_crop(bad_folder):
 
 def test_image_folder_listing_and_errors(tmp_path):
     with pytest.raises(ValueError, match="not found"):
-        data.image_folder(str(tmp_path / "missing"))
+        sources.image_folder(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="No readable images"):
-        data.image_folder(str(tmp_path))
+        sources.image_folder(str(tmp_path))
     for cls in ("cat", "dog"):
         (tmp_path / cls).mkdir()
         Image.fromarray(np.zeros((9, 7, 3), "uint8")).save(tmp_path / cls / "a.png")
     (tmp_path / "loose.png").write_bytes((tmp_path / "cat" / "a.png").read_bytes())
-    source = data.image_folder(str(tmp_path), labeled=True)
+    source = sources.image_folder(str(tmp_path), labeled=True)
     assert source.class_names == ["cat", "dog"] and source.size == 2
     labels = [int(y) for _, y in source.dataset]
     assert labels == [0, 1]
@@ -162,8 +162,8 @@ def test_image_folder_listing_and_errors(tmp_path):
     flat.mkdir()
     Image.fromarray(np.zeros((9, 7, 3), "uint8")).save(flat / "b.png")
     with pytest.raises(ValueError, match="class subfolders"):
-        data.image_folder(str(flat), labeled=True)
-    unlabelled = data.image_folder(str(flat))
+        sources.image_folder(str(flat), labeled=True)
+    unlabelled = sources.image_folder(str(flat))
     assert not unlabelled.labeled and [int(y) for _, y in unlabelled.dataset] == [-1]
     with pytest.raises(ValueError, match="no labels"):
         data.labeled_dataset(unlabelled, 1, 8)
@@ -173,20 +173,20 @@ def test_tfds_source_with_mock_data():
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=12):
-        source = data.tfds_source("cifar10", "train")
+        source = sources.tfds_source("cifar10", "train")
         assert source.size == 12 and source.num_classes == 10 and source.kind == "encoded"
         x1, x2 = _take(data.two_view_dataset(source, 4, 32, blur=False, seed=0))
         assert x1.shape == (4, 32, 32, 3) and not np.allclose(x1, x2)
-        val = data.tfds_source("cifar10", "validation")
+        val = sources.tfds_source("cifar10", "validation")
         assert val.name == "tfds:cifar10/test"  # cifar10 has no validation split
         x, y = next(iter(data.labeled_dataset(val, 5, 32)))
         assert x.shape == (5, 32, 32, 3) and y.shape == (5,)
     with pytest.raises(ValueError, match="Unknown TFDS dataset 'no_such_dataset'"):
-        data.tfds_source("no_such_dataset")
+        sources.tfds_source("no_such_dataset")
 
 
 def test_sharding_gives_each_worker_its_own_images():
-    source = data.embedded_digits("test", image_size=8)
+    source = sources.embedded_digits("test", image_size=8)
     seen = []
     for worker in range(2):
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker)
@@ -197,7 +197,7 @@ def test_sharding_gives_each_worker_its_own_images():
 
 
 def test_device_mode_yields_unaugmented_crops():
-    source = data.embedded_digits("train", image_size=16)
+    source = sources.embedded_digits("train", image_size=16)
     x1, x2 = _take(data.two_view_dataset(source, 4, 16, augment_on="device", deterministic=True))
     assert x1.min() >= 0.0 and x1.max() <= 1.0 and not np.allclose(x1, x2)
     with pytest.raises(ValueError, match="augment_on"):
@@ -206,7 +206,7 @@ def test_device_mode_yields_unaugmented_crops():
 
 def test_bad_batch_size():
     with pytest.raises(ValueError, match="batch_size"):
-        data.two_view_dataset(data.embedded_digits(), batch_size=0, image_size=16)
+        data.two_view_dataset(sources.embedded_digits(), batch_size=0, image_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +231,7 @@ def test_every_epoch_is_a_full_random_permutation(sorted_folder, monkeypatch):
     # A buffer of 10% of the data, as 10,000 is of a 100,000-image folder: the old buffer
     # shuffle gave batches of 1-2 neighbouring classes here.
     monkeypatch.setattr(data, "STREAM_SHUFFLE_BUFFER", 500)
-    source = data.image_folder(sorted_folder, labeled=True)
+    source = sources.image_folder(sorted_folder, labeled=True)
     assert source.size == 5000 and source.items is not None
 
     def stream(start_batch=0):
@@ -266,7 +266,7 @@ def test_every_epoch_is_a_full_random_permutation(sorted_folder, monkeypatch):
 
 
 def test_unrepeated_dataset_reshuffles_every_iteration():
-    source = data.embedded_digits("test", image_size=8)
+    source = sources.embedded_digits("test", image_size=8)
     ds = data.labeled_dataset(source, 297, 8, train=True, drop_remainder=False)
     first, second = (next(iter(ds))[1].numpy() for _ in range(2))
     assert sorted(first) == sorted(second) and (first != second).mean() > 0.5
@@ -305,7 +305,7 @@ def _class_sorted_builder():
 def test_tfds_prepare_for_real_then_train_batches_mix_classes(tmp_path):
     # A real download_and_prepare (no network: the generator is local), then the pipeline.
     _class_sorted_builder()  # registers "simsiam_sorted_digits"
-    source = data.tfds_source("simsiam_sorted_digits", "train", data_dir=str(tmp_path))
+    source = sources.tfds_source("simsiam_sorted_digits", "train", data_dir=str(tmp_path))
     assert source.size == 600 and source.num_classes == 10 and source.items is None
     # TFDS wrote the class-sorted examples in a hash-shuffled order: even without any
     # shuffling in the pipeline a batch mixes classes.
@@ -360,9 +360,9 @@ def test_tfds_builder_in_a_package_prepares_and_trains_a_step(tmp_path, monkeypa
     (package / "packaged_digits.py").write_text(_PACKAGED_BUILDER)
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.import_module("simsiam_tfds_fixture.packaged_digits")
-    source = data.load_source("simsiam_packaged_digits", "train", str(tmp_path / "tfds"))
+    source = sources.load_source("simsiam_packaged_digits", "train", str(tmp_path / "tfds"))
     assert source.size == 64 and source.num_classes == 4
-    assert data.load_source("simsiam_packaged_digits", "validation", str(tmp_path / "tfds")).size
+    assert sources.load_source("simsiam_packaged_digits", "validation", str(tmp_path / "tfds")).size
     model = SimSiam(backbones.build_resnet("resnet18_cifar", 0.125, 16), 32, 8, 2)
     model.compile(optimizer=keras.optimizers.SGD(0.01))
     ds = data.two_view_dataset(source, 16, 16, blur=False, seed=0, repeat=True)
@@ -372,7 +372,7 @@ def test_tfds_builder_in_a_package_prepares_and_trains_a_step(tmp_path, monkeypa
 
 def test_tfds_manual_download_says_where_the_files_go(tmp_path):
     with pytest.raises(ValueError) as error:
-        data.load_source("imagenet2012", "train", str(tmp_path))
+        sources.load_source("imagenet2012", "train", str(tmp_path))
     message = str(error.value)
     manual = os.path.join(str(tmp_path), "downloads", "manual")
     assert f"put its files in {manual}" in message
@@ -388,4 +388,4 @@ def test_tfds_without_network_says_so_at_once(tmp_path, monkeypatch):
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
     with pytest.raises(ValueError, match=r"Cannot download TFDS dataset 'cifar10': no network"):
-        data.load_source("cifar10", "train", str(tmp_path))
+        sources.load_source("cifar10", "train", str(tmp_path))

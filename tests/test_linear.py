@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import simsiam_keras as sk
-from simsiam_keras import augment, data, export, linear, report
+from simsiam_keras import augment, data, export, linear, report, sources
 from tests.helpers import SIZE, last_json, run_script, tiny_backbone
 
 _backbone = tiny_backbone
@@ -26,7 +26,7 @@ def saved(tmp_path_factory):
 
 
 def _digits(split, batch, train=False):
-    return data.labeled_dataset(data.embedded_digits(split, SIZE), batch, SIZE, train=train)
+    return data.labeled_dataset(sources.embedded_digits(split, SIZE), batch, SIZE, train=train)
 
 
 def test_linear_eval_trains_and_keeps_the_backbone_frozen():
