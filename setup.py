@@ -10,6 +10,15 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["simsiam_keras", "simsiam_keras.*"]),
     python_requires=">=3.10",
+    # The scripts/*.py commands, installed: simsiam-pretrain --flagfile configs/in1k.cfg, ...
+    entry_points={
+        "console_scripts": [
+            "simsiam-pretrain=simsiam_keras.commands:pretrain",
+            "simsiam-linear-eval=simsiam_keras.commands:linear_eval",
+            "simsiam-knn-eval=simsiam_keras.commands:knn_eval",
+            "simsiam-export=simsiam_keras.commands:export",
+        ]
+    },
     install_requires=[
         "keras>=3.15",
         "tensorflow>=2.16",

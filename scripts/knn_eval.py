@@ -10,19 +10,7 @@ the evaluation views (resize + centre crop), in batches; similarities in chunks.
 object with `knn_top1`.
 """
 
-from simsiam_keras import cli, config
-
-cli.quiet_logs()  # before anything imports TensorFlow
-config.define_flags(config.KnnConfig, quickstart=cli.flagfile() is None)
-
-
-def main(argv):
-    del argv
-    from simsiam_keras import knn, report
-
-    result = knn.run(config.from_flags(config.KnnConfig))
-    print(report.json_line({"what": "knn_eval", **result}))
-
+from simsiam_keras import commands
 
 if __name__ == "__main__":
-    cli.run(main)
+    commands.knn_eval()  # simsiam_keras/commands.py: flags from the config, then knn.run

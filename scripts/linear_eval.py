@@ -15,20 +15,7 @@ backbone weight or BN statistic changed. Without --flagfile the defaults are the
 `linear_eval.png` into `--workdir`; the last printed line is one JSON object.
 """
 
-from simsiam_keras import cli, config
-
-cli.quiet_logs()  # before anything imports TensorFlow
-config.define_flags(config.LinearConfig, quickstart=cli.flagfile() is None)
-
-
-def main(argv):
-    del argv
-    from simsiam_keras import linear, report
-
-    results = linear.run(config.from_flags(config.LinearConfig))
-    keys = ("protocol", "val_top1", "val_top5", "best_val_top1", "epochs")
-    print(report.json_line({"what": "linear_eval", **{k: results.get(k) for k in keys}}))
-
+from simsiam_keras import commands
 
 if __name__ == "__main__":
-    cli.run(main)
+    commands.linear_eval()  # simsiam_keras/commands.py: flags from the config, then linear.run

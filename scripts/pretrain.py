@@ -16,29 +16,7 @@ nothing. Ctrl-C (or SIGTERM) saves a checkpoint after the current step and exits
 WORKDIR/summary.json).
 """
 
-from simsiam_keras import cli, config
-
-cli.quiet_logs()  # before anything imports TensorFlow
-config.define_flags(config.PretrainConfig, quickstart=cli.flagfile() is None)
-
-
-def main(argv):
-    del argv
-    from absl import flags
-
-    from simsiam_keras import pretrain, report
-
-    workdir = flags.FLAGS.workdir or cli.default_workdir()
-    summary = pretrain.run(config.from_flags(config.PretrainConfig, workdir=workdir))
-    knn, rand = summary.get("knn_top1"), summary.get("random_init_knn_top1")
-    if knn is not None and rand is not None:
-        print(f"kNN top-1: pretrained {knn:.1f} vs random-init {rand:.1f} ({summary['train']})")
-    keys = ("train", "knn_top1", "random_init_knn_top1", "steps", "wall_s", "pairs_per_s",
-            "export")  # fmt: skip
-    line = {"what": "pretrain", **{k: summary.get(k) for k in keys}}
-    line["already_finished"] = bool(summary.get("already_finished"))
-    print(report.json_line(line))
-
+from simsiam_keras import commands
 
 if __name__ == "__main__":
-    cli.run(main)
+    commands.pretrain()  # simsiam_keras/commands.py: flags from the config, then pretrain.run

@@ -162,6 +162,29 @@ def test_every_script_fails_with_one_line_on_a_bad_path(name):
     assert "/no/such" in lines[0]
 
 
+@pytest.mark.parametrize(
+    "command, args",
+    [
+        ("simsiam-pretrain", ["--train_dir=/no/such/dir"]),
+        ("simsiam-linear-eval", ["--pretrained=/no/such/model.keras"]),
+        ("simsiam-knn-eval", ["--pretrained=/no/such/model.keras"]),
+        ("simsiam-export", ["--workdir=/no/such/run"]),
+    ],
+)
+def test_the_installed_commands_are_the_scripts(command, args):
+    # `pip install -e .` installs the console entry points beside this Python.
+    path = os.path.join(os.path.dirname(sys.executable), command)
+    assert os.path.exists(path), f"{command} is not installed: pip install -e ."
+    result = subprocess.run([path, *args], capture_output=True, text=True, timeout=300,
+                            env=user_environ())  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(f"{command}: ") and "/no/such" in result.stderr
+    if command == "simsiam-pretrain":
+        helped = subprocess.run([path, "--helpshort"], capture_output=True, text=True, timeout=300)
+        assert "--[no]stop_gradient" in helped.stdout and "--base_lr" in helped.stdout
+
+
 def test_a_flag_typo_is_one_line_with_a_suggestion():
     result = _script("pretrain", "--epoch=3")
     assert result.returncode == 2

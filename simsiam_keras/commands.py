@@ -1,0 +1,106 @@
+"""The command lines: each parses its flags into a config and calls one library function.
+
+    python scripts/pretrain.py ...      or  simsiam-pretrain ...      (pretrain.run)
+    python scripts/linear_eval.py ...   or  simsiam-linear-eval ...   (linear.run)
+    python scripts/knn_eval.py ...      or  simsiam-knn-eval ...      (knn.run)
+    python scripts/export.py ...        or  simsiam-export ...        (export.run)
+
+The `simsiam-*` commands are installed with the package (console entry points); the scripts
+are the same commands, documented in their docstrings (`--help`). Flags are defined when a
+command starts, from the config's fields (`config.define_flags`); the defaults are the
+quickstart's without `--flagfile` and the paper's with one (see `config`). Every command prints
+one JSON object as its last line, and fails with one line (`cli.run`).
+
+This module imports neither TensorFlow nor Keras at import time.
+"""
+
+import json
+
+from simsiam_keras import cli, config
+
+
+def _start(config_class):
+    cli.quiet_logs()  # before anything imports TensorFlow
+    config.define_flags(config_class, quickstart=cli.flagfile() is None)
+
+
+def pretrain():
+    """Pretrains (or resumes) a SimSiam run: `pretrain.run` on the flags."""
+    _start(config.PretrainConfig)
+    cli.run(_pretrain)
+
+
+def _pretrain(argv):
+    del argv
+    from absl import flags
+
+    from simsiam_keras import pretrain, report
+
+    workdir = flags.FLAGS.workdir or cli.default_workdir()
+    summary = pretrain.run(config.from_flags(config.PretrainConfig, workdir=workdir))
+    knn, rand = summary.get("knn_top1"), summary.get("random_init_knn_top1")
+    if knn is not None and rand is not None:
+        print(f"kNN top-1: pretrained {knn:.1f} vs random-init {rand:.1f} ({summary['train']})")
+    keys = ("train", "knn_top1", "random_init_knn_top1", "steps", "wall_s", "pairs_per_s",
+            "export")  # fmt: skip
+    line = {"what": "pretrain", **{k: summary.get(k) for k in keys}}
+    line["already_finished"] = bool(summary.get("already_finished"))
+    print(report.json_line(line))
+
+
+def linear_eval():
+    """Linear evaluation of a frozen pretrained backbone: `linear.run` on the flags."""
+    _start(config.LinearConfig)
+    cli.run(_linear_eval)
+
+
+def _linear_eval(argv):
+    del argv
+    from simsiam_keras import linear, report
+
+    results = linear.run(config.from_flags(config.LinearConfig))
+    keys = ("protocol", "val_top1", "val_top5", "best_val_top1", "epochs")
+    print(report.json_line({"what": "linear_eval", **{k: results.get(k) for k in keys}}))
+
+
+def knn_eval():
+    """The kNN accuracy of a pretrained backbone: `knn.run` on the flags."""
+    _start(config.KnnConfig)
+    cli.run(_knn_eval)
+
+
+def _knn_eval(argv):
+    del argv
+    from simsiam_keras import knn, report
+
+    print(report.json_line({"what": "knn_eval", **knn.run(config.from_flags(config.KnnConfig))}))
+
+
+def export():
+    """Exports a pretraining run's backbone as a SavedModel: `export.run` on the flags."""
+    import os
+
+    cli.quiet_logs()
+    from absl import flags
+
+    flags.DEFINE_string("workdir", None, "A pretraining workdir.", required=True)
+    flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/export/backbone).")
+    flags.DEFINE_bool("checkpoint", False, "Export the last step checkpoint.")
+
+    def main(argv):
+        del argv
+        import keras
+
+        fv = flags.FLAGS
+        if keras.backend.backend() not in ("tensorflow", "jax"):
+            raise cli.UsageError(
+                "Export needs KERAS_BACKEND=tensorflow or jax (the weights load on every backend)."
+            )
+        if not os.path.isdir(fv.workdir):
+            raise cli.UsageError(f"--workdir: not a directory: {fv.workdir!r}")
+        from simsiam_keras import export as export_lib
+
+        path, size = export_lib.run(fv.workdir, fv.out, fv.checkpoint)
+        print(json.dumps({"what": "export", "path": path, "image_size": size}))
+
+    cli.run(main)
