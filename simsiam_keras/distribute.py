@@ -23,7 +23,7 @@ import weakref
 
 import keras
 
-from simsiam_keras.config import STRATEGIES
+from simsiam_keras.config import STRATEGIES, ConfigError
 
 _LOCAL_CALLS = weakref.WeakKeyDictionary()
 
@@ -44,10 +44,10 @@ def make_strategy(name):
         `(strategy or None, number of replicas in sync)`.
 
     Raises:
-        ValueError: for an unknown name or one the backend cannot do.
+        ConfigError: for an unknown name or one the backend cannot do.
     """
     if name not in STRATEGIES:
-        raise ValueError(f"--strategy must be one of {STRATEGIES}; got {name!r}.")
+        raise ConfigError(f"{{}} must be one of {list(STRATEGIES)}; got {name!r}.", "strategy")
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -63,8 +63,8 @@ def make_strategy(name):
         return strategy, strategy.num_replicas_in_sync
     if backend == "jax":
         if name == "multi_worker":
-            raise ValueError(
-                "--strategy=multi_worker is TensorFlow-only; use KERAS_BACKEND=tensorflow."
+            raise ConfigError(
+                "{}=multi_worker is TensorFlow-only; use KERAS_BACKEND=tensorflow.", "strategy"
             )
         devices = keras.distribution.list_devices()
         if name == "one_device" or len(devices) < 2:
@@ -72,10 +72,11 @@ def make_strategy(name):
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
         return None, len(devices)
     if name in ("mirrored", "multi_worker"):
-        raise ValueError(
-            f"--strategy={name} is not available on the {backend} backend, which trains on "
+        raise ConfigError(
+            f"{{}}={name} is not available on the {backend} backend, which trains on "
             "one device here; use KERAS_BACKEND=tensorflow (mirrored, multi_worker) or jax "
-            "(mirrored)."
+            "(mirrored).",
+            "strategy",
         )
     return None, 1
 
@@ -84,9 +85,10 @@ def _check_tf_config(text):
     """Raises ValueError naming what is wrong with `TF_CONFIG` for multi-worker training."""
     where = "(README, 'Several machines')"
     if not text:
-        raise ValueError(
-            "--strategy=multi_worker reads the cluster from the TF_CONFIG environment "
-            f"variable, which is not set {where}."
+        raise ConfigError(
+            "{}=multi_worker reads the cluster from the TF_CONFIG environment "
+            f"variable, which is not set {where}.",
+            "strategy",
         )
     try:
         tf_config = json.loads(text)

@@ -212,7 +212,7 @@ def load_backbone(path, image_size=None):
         size = layer.meta["image_size"]
         if image_size is not None and size is not None and size != image_size:
             raise ValueError(
-                f"{path!r} was exported for {size} px images, not --image_size={image_size}."
+                f"{path!r} was exported for {size} px images, not image_size={image_size}."
             )
         inputs = keras.Input((image_size or size, image_size or size, 3))
         return keras.Model(inputs, layer(inputs), name="saved_model_backbone")
@@ -225,7 +225,7 @@ def load_backbone(path, image_size=None):
     shape = backbone.input_shape
     if image_size is not None and shape[1] is not None and shape[1] != image_size:
         raise ValueError(
-            f"The backbone in {path!r} takes {shape[1]} px images, not --image_size={image_size}."
+            f"The backbone in {path!r} takes {shape[1]} px images, not image_size={image_size}."
         )
     return backbone
 

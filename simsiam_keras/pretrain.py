@@ -376,9 +376,10 @@ def _check_same_start(strategy, start_step):
         steps = strategy.run(lambda: tf.constant([start_step], tf.int64))
         every = sorted(set(strategy.gather(steps, axis=0).numpy().tolist()))
     if len(every) > 1:
-        raise ValueError(
-            f"The workers would resume from different steps {every}: --workdir must "
-            "be the same path on storage that every worker reads (only the chief writes)."
+        raise ConfigError(
+            f"The workers would resume from different steps {every}: {{}} must "
+            "be the same path on storage that every worker reads (only the chief writes).",
+            "workdir",
         )
 
 
