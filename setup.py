@@ -1,4 +1,4 @@
-"""Install simsiam_keras: `pip install -e .` (extras: test, jax, torch, kerascv)."""
+"""Install simsiam_keras: `pip install -e .` (extras: test, jax, torch)."""
 
 from setuptools import find_packages, setup
 
@@ -32,15 +32,15 @@ setup(
         "scikit-learn>=1.3",  # the embedded offline dataset (8x8 digits) ships with it
         "matplotlib>=3.7",  # training plots and pictures of the views
         "pillow>=10",
+        # --augment_impl=kerascv (simsiam_keras/kerascv_views.py), the users' augmentation
+        # library; imported only there, so the TensorFlow-free modules run without it.
+        "keras-cv>=0.9",
     ],
     extras_require={
         # torch 2.13.0 is the CPU build on this project's machines; a looser pin pulls a multi-GB
         # CUDA build from PyPI.
         "torch": ["torch==2.13.0"],
         "jax": ["jax>=0.4.30"],
-        # Not used by the library (README, "Why not KerasCV layers"): only by
-        # `scripts/benchmark.py pipeline --impl kerascv`, the measured comparison.
-        "kerascv": ["keras-cv>=0.9"],
-        "test": ["pytest>=8", "ruff>=0.5", "keras-cv>=0.9"],
+        "test": ["pytest>=8", "ruff>=0.5"],
     },
 )

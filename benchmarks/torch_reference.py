@@ -15,6 +15,8 @@ the authors' public code writes them (torchvision ResNets, `transforms.RandomRes
         --knn-val VAL --epochs 4 --width 0.25
 
 `step`: image pairs per second of one SGD step on random inputs (after `--warmup` steps).
+`views`: statistics of the views of a folder's first `--images` images (channel means and
+stds, grayscale fraction, crop area and aspect quantiles), as `scripts/benchmark.py views`.
 `pipeline`: two-view pairs per second out of a DataLoader over an image folder
 (`<class>/<image>`), `--workers` processes. `train`: the CIFAR recipe (App. D: resnet18_cifar,
 2-layer projector, lr 0.03 x batch/256, weight decay 5e-4, cosine, no blur) on the first
@@ -245,6 +247,27 @@ def cmd_pipeline(args):
     }))  # fmt: skip
 
 
+def cmd_views(args):
+    """Statistics of the views of the first `--images` images of a folder (sorted order)."""
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    steps = view_transform(args.size, not args.no_blur).transforms[:-1]  # not normalised
+    transform = transforms.Compose(steps)
+    folder = torchvision.datasets.ImageFolder(args.data)
+    v1, v2, areas, aspects = [], [], [], []
+    for path, _ in folder.samples[: args.images]:
+        image = folder.loader(path)
+        v1.append(transform(image).numpy())
+        v2.append(transform(image).numpy())
+        top, left, h, w = transforms.RandomResizedCrop.get_params(image, (0.2, 1.0), (3 / 4, 4 / 3))
+        areas.append(h * w / (image.width * image.height))
+        aspects.append(w / h)
+    from view_stats import view_statistics  # benchmarks/view_stats.py, shared with ours
+
+    stats = view_statistics(v1, v2, areas, aspects)
+    print(json.dumps({"what": "torch_views", "images": len(v1), "size": args.size, **stats}))
+
+
 @torch.no_grad()
 def eval_features(backbone, root, per_class, size, batch=512):
     """L2-normalised features of the evaluation view (resize, centre crop) and the labels."""
@@ -335,6 +358,12 @@ def main():
     pipeline.add_argument("--warmup", type=int, default=2)
     pipeline.add_argument("--workers", type=int, default=2)
     pipeline.add_argument("--no-blur", action="store_true")
+    views = commands.add_parser("views")
+    views.add_argument("--data", required=True)
+    views.add_argument("--size", type=int, default=32)
+    views.add_argument("--images", type=int, default=2000)
+    views.add_argument("--no-blur", action="store_true")
+    views.add_argument("--seed", type=int, default=0)
     train = commands.add_parser("train")
     train.add_argument("--data", required=True)
     train.add_argument("--per-class", type=int, default=1000)
@@ -353,7 +382,8 @@ def main():
     train.add_argument("--no-stopgrad", action="store_true")
     train.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    {"step": cmd_step, "pipeline": cmd_pipeline, "train": cmd_train}[args.command](args)
+    commands = {"step": cmd_step, "pipeline": cmd_pipeline, "views": cmd_views, "train": cmd_train}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

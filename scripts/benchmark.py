@@ -41,6 +41,7 @@ flags.DEFINE_integer("steps", 10, "Timed steps.", lower_bound=1)
 flags.DEFINE_integer("warmup", 3, "Untimed warm-up steps (batches for `pipeline`).", lower_bound=1)
 flags.DEFINE_string("train_dir", None, "`pipeline`: image folder (default: embedded digits).")
 flags.DEFINE_integer("batches", 20, "`pipeline`: timed batches.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "`views`: seed of the views and crops.")
 flags.DEFINE_bool("blur", True, "`pipeline`: include the Gaussian blur (false: CIFAR variant).")
 flags.DEFINE_bool("fused", False, "`pipeline`: decode each view's JPEG crop separately.")
 flags.DEFINE_bool("compiled", True, "`pipeline`: XLA-compile the steps after the crop.")
@@ -52,12 +53,11 @@ flags.DEFINE_list(
     "resize) to see what each costs. Not the recipe; for profiling only.",
 )
 flags.DEFINE_enum(
-    "impl",
+    "augment_impl",
     "simsiam_keras",
     ["simsiam_keras", "kerascv"],
-    "`pipeline`: this project's per-image ops, or the nearest KerasCV layer pipeline (batched "
-    "layers after a per-image resize to 1.15 x image_size; not the paper's semantics, for the "
-    "speed comparison behind augment.py's choice).",
+    "`pipeline`: the views of this package's ops or of keras-cv's layers, both in the same "
+    "pipeline (`data.two_view_dataset(augment_impl=...)`).",
 )
 
 
@@ -115,38 +115,6 @@ def benchmark_step():
     }
 
 
-def _kerascv_two_views(source):
-    import keras_cv
-    import tensorflow as tf
-    from keras import layers
-
-    from simsiam_keras import augment
-
-    size = FLAGS.image_size
-    blur = [keras_cv.layers.RandomGaussianBlur(kernel_size=2 * (size // 20) + 1, factor=(0.1, 2.0))]
-    pipeline = keras_cv.layers.Augmenter(
-        [
-            keras_cv.layers.RandomCropAndResize((size, size), (0.2, 1.0), (3 / 4, 4 / 3)),
-            keras_cv.layers.RandomApply(
-                keras_cv.layers.RandomColorJitter((0, 1), 0.4, 0.4, (0.3, 0.7), 0.1), rate=0.8
-            ),
-            keras_cv.layers.RandomApply(keras_cv.layers.Grayscale(output_channels=3), rate=0.2),
-        ]
-        + ([keras_cv.layers.RandomApply(blur[0], rate=0.5)] if FLAGS.blur else [])
-        + [keras_cv.layers.RandomFlip("horizontal"), layers.Normalization(axis=-1)]
-    )
-    pipeline.layers[-1].adapt(tf.zeros([1, 1, 1, 3]) + 0.5)
-    stored = int(size * 1.15)
-
-    def load(item, label):
-        return tf.image.resize(augment.full_image(item, source.kind), (stored, stored))
-
-    ds = source.dataset.repeat().shuffle(10_000).map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(FLAGS.batch_size, drop_remainder=True)
-    ds = ds.map(lambda x: ((pipeline(x), pipeline(x)),), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
 def _ablate(steps):
     import tensorflow as tf
 
@@ -171,19 +139,17 @@ def benchmark_pipeline():
         source = sources.image_folder(FLAGS.train_dir)
     else:
         source = sources.embedded_digits("train", FLAGS.image_size)
-    if FLAGS.impl == "kerascv":
-        ds = _kerascv_two_views(source)
-    else:
-        ds = data.two_view_dataset(
-            source,
-            FLAGS.batch_size,
-            FLAGS.image_size,
-            blur=FLAGS.blur,
-            repeat=True,
-            fused=FLAGS.fused,
-            compiled=FLAGS.compiled,
-            augment_on=FLAGS.augment_on,
-        )
+    ds = data.two_view_dataset(
+        source,
+        FLAGS.batch_size,
+        FLAGS.image_size,
+        blur=FLAGS.blur,
+        repeat=True,
+        fused=FLAGS.fused,
+        compiled=FLAGS.compiled,
+        augment_on=FLAGS.augment_on,
+        augment_impl=FLAGS.augment_impl,
+    )
     it = iter(ds)
     for _ in range(FLAGS.warmup):
         next(it)
@@ -193,7 +159,7 @@ def benchmark_pipeline():
     seconds = time.perf_counter() - start
     return {
         "what": "keras_pipeline",
-        "impl": FLAGS.impl,
+        "augment_impl": FLAGS.augment_impl,
         "ablate": FLAGS.ablate,
         "source": source.name,
         "image_size": FLAGS.image_size,
@@ -207,8 +173,58 @@ def benchmark_pipeline():
     }
 
 
+def benchmark_views():
+    """Statistics of the views of the first `--batches x --batch_size` images of a folder.
+
+    The same statistics as `torch_reference.py views` (`view_statistics` there): channel means
+    and stds of the views in [0, 1], the mean per-image std, the fraction of grayscale views,
+    the mean |view 1 - view 2|, and the crop sampler's area fractions and aspect ratios (drawn
+    for each image's own size by the implementation's sampler).
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from simsiam_keras import augment, data, sources
+
+    source = sources.image_folder(FLAGS.train_dir) if FLAGS.train_dir else (
+        sources.embedded_digits("train", FLAGS.image_size))  # fmt: skip
+    count = FLAGS.batches * FLAGS.batch_size
+    ds = data.two_view_dataset(
+        source, FLAGS.batch_size, FLAGS.image_size, blur=FLAGS.blur, shuffle=False,
+        deterministic=True, augment_impl=FLAGS.augment_impl, seed=FLAGS.seed,
+    )  # fmt: skip
+    mean, std = np.array(augment.IMAGENET_MEAN), np.array(augment.IMAGENET_STD)
+    v1, v2 = [], []
+    for ((a, b),) in ds.take(FLAGS.batches):
+        v1.append(np.asarray(a) * std + mean)
+        v2.append(np.asarray(b) * std + mean)
+    v1, v2 = (np.concatenate(v).transpose(0, 3, 1, 2) for v in (v1, v2))  # as torch: N, C, H, W
+    shapes = [tf.shape(augment.full_image(item, source.kind))[:2].numpy()
+              for item, _ in source.dataset.take(count)]  # fmt: skip
+    if FLAGS.augment_impl == "kerascv":
+        from simsiam_keras.kerascv_views import KerasCVRecipe
+
+        crop = KerasCVRecipe(FLAGS.image_size, FLAGS.blur, FLAGS.seed).crop
+        boxes = [np.asarray(crop.get_random_transformation())[0] for _ in shapes]
+        hw = [((y2 - y1) * h, (x2 - x1) * w) for (y1, x1, y2, x2), (h, w) in zip(boxes, shapes)]
+    else:
+        hw = [np.asarray(augment.sample_crop(h, w, tf.constant([FLAGS.seed, i])))[2:]
+              for i, (h, w) in enumerate(shapes)]  # fmt: skip
+    areas = [ch * cw / (h * w) for (ch, cw), (h, w) in zip(hw, shapes)]
+    aspects = [cw / ch for ch, cw in hw]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "torch_reference_stats", os.path.join(os.path.dirname(__file__), "..", "benchmarks",
+                                              "view_stats.py"))  # fmt: skip
+    stats = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stats)
+    return {"what": "keras_views", "augment_impl": FLAGS.augment_impl, "images": len(v1),
+            "size": FLAGS.image_size, **stats.view_statistics(v1, v2, areas, aspects)}  # fmt: skip
+
+
 def main(argv):
-    commands = {"step": benchmark_step, "pipeline": benchmark_pipeline}
+    commands = {"step": benchmark_step, "pipeline": benchmark_pipeline, "views": benchmark_views}
     if len(argv) != 2 or argv[1] not in commands:
         raise cli.UsageError(f"Usage: benchmark.py {{{'|'.join(commands)}}} [--flags]")
     if FLAGS.train_dir and not os.path.isdir(FLAGS.train_dir):

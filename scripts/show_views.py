@@ -3,6 +3,7 @@ r"""Writes a PNG grid of what the SimSiam recipe does to a dataset: original | v
   python scripts/show_views.py --out views.png                      # embedded digits
   python scripts/show_views.py --train_dir ~/my_images --image_size 224 --out views.png
   python scripts/show_views.py --dataset cifar10 --image_size 32 --blur=false --out views.png
+  python scripts/show_views.py --augment_impl kerascv --out views_kerascv.png   # keras-cv's
 
 One row per image: the evaluation view of the original (resize + centre crop) and two views
 from the training pipeline (the same code `pretrain.py` uses), un-normalised for display.
@@ -24,9 +25,13 @@ _TRAIN_DIR = flags.DEFINE_string("train_dir", None, "An image folder (overrides 
 _SIZE = flags.DEFINE_integer("image_size", 96, "View height and width.", lower_bound=8)
 _BLUR = flags.DEFINE_bool("blur", True, "Include the Gaussian blur (false: CIFAR variant).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the views.")
+_IMPL = flags.DEFINE_enum(
+    "augment_impl", "simsiam_keras", ["simsiam_keras", "kerascv"],
+    "The views: this package's ops or keras-cv's layers (README, 'KerasCV views').",
+)  # fmt: skip
 
 
-def view_grid(source, num_images, image_size, blur=True, seed=0):
+def view_grid(source, num_images, image_size, blur=True, seed=0, augment_impl="simsiam_keras"):
     """A uint8 [rows * size, 3 * size, 3] grid: original | view 1 | view 2 for each image."""
     import numpy as np
     import tensorflow as tf
@@ -53,6 +58,7 @@ def view_grid(source, num_images, image_size, blur=True, seed=0):
                 seed=seed,
                 shuffle=False,
                 deterministic=True,
+                augment_impl=augment_impl,
             )
         )
     )
@@ -77,7 +83,7 @@ def main(argv):
         )
     except ValueError as e:  # a bad --dataset / --train_dir
         raise cli.UsageError(str(e)) from None
-    grid = view_grid(source, _NUM.value, _SIZE.value, _BLUR.value, _SEED.value)
+    grid = view_grid(source, _NUM.value, _SIZE.value, _BLUR.value, _SEED.value, _IMPL.value)
     Image.fromarray(grid).save(_OUT.value)
     print(f"wrote {_OUT.value} ({grid.shape[0] // _SIZE.value} images: original | view 1 | view 2)")
 

@@ -26,6 +26,7 @@ import typing
 BACKBONES = ("resnet18", "resnet18_cifar", "resnet50")  # backbones.BACKBONES (a test checks)
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("none", "float16", "bfloat16")
+AUGMENT_IMPLS = ("simsiam_keras", "kerascv")  # data.AUGMENT_IMPLS (a test checks)
 
 
 class ConfigError(ValueError):
@@ -102,6 +103,12 @@ class PretrainConfig:
         "same command on every worker, --workdir on shared storage; worker 0 writes). "
         "PyTorch: one device.",
         choices=STRATEGIES, resumable=True,
+    )  # fmt: skip
+    augment_impl: str = setting(
+        "simsiam_keras",
+        "The views: simsiam_keras (torchvision's semantics, seeded per image) or kerascv "
+        "(keras-cv layers with the paper's parameters; README, 'KerasCV views').",
+        choices=AUGMENT_IMPLS,
     )  # fmt: skip
     mixed_precision: str = setting("none", "Compute precision.", choices=PRECISIONS)
     seed: int = setting(0, "Seed.")

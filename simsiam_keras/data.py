@@ -21,6 +21,8 @@ import tensorflow as tf
 
 from simsiam_keras import augment, recipe
 
+AUGMENT_IMPLS = ("simsiam_keras", "kerascv")
+
 # Shuffle buffer for sources that can only be streamed (TFDS): TFDS writes the examples of a
 # split in a hash-shuffled order at preparation time and `shuffle_files=True` reorders its
 # files every epoch, so batches already mix classes; the buffer mixes neighbouring records.
@@ -101,6 +103,7 @@ def two_view_dataset(
     fused=False,
     compiled=True,
     start_batch=0,
+    augment_impl="simsiam_keras",
 ):
     """Batches of `((x1, x2),)`: two independently augmented views of each image of `source`.
 
@@ -128,6 +131,10 @@ def two_view_dataset(
         compiled: run the colour steps, blur and normalisation as one XLA-compiled function.
         start_batch: begin at this batch of the (repeated, seeded) stream: resuming mid-epoch
             gives exactly the batches an uninterrupted run would have seen next.
+        augment_impl: "simsiam_keras" (this package's ops, torchvision's semantics, seeded per
+            image) or "kerascv" (keras-cv's layers with the paper's parameters,
+            `kerascv_views.py`: the same images in the same order, but views from keras-cv's
+            own generators, so neither `deterministic` nor a resume reproduces them).
 
     Returns:
         A `tf.data.Dataset`.
@@ -135,7 +142,15 @@ def two_view_dataset(
     _check_batch(batch_size)
     if augment_on not in ("host", "device"):
         raise ValueError(f"`augment_on` must be 'host' or 'device'. Received: {augment_on!r}")
+    if augment_impl not in AUGMENT_IMPLS:
+        raise ValueError(
+            f"`augment_impl` must be one of {AUGMENT_IMPLS}. Received: {augment_impl!r}"
+        )
+    if augment_impl == "kerascv" and augment_on != "host":
+        raise ValueError("augment_impl='kerascv' runs on the host: augment_on='device' is ours.")
     ds = _prepare(source, seed, shuffle, input_context, repeat, start_batch * batch_size)
+    if augment_impl == "kerascv":
+        return _kerascv_views(ds, source, batch_size, image_size, blur, seed, deterministic)
 
     def two_views(index, element):
         item, _ = element
@@ -153,6 +168,28 @@ def two_view_dataset(
     ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     ds = ds.ignore_errors()  # a file that passed the listing checks but fails to decode
     ds = ds.batch(batch_size, drop_remainder=True).map(lambda v1, v2: ((v1, v2),))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _kerascv_views(ds, source, batch_size, image_size, blur, seed, deterministic):
+    """`two_view_dataset` with keras-cv's layers (they draw per image).
+
+    Per image two crops of one decode, then the rest of the recipe on each batch of crops.
+    """
+    from simsiam_keras.kerascv_views import KerasCVRecipe
+
+    views = KerasCVRecipe(image_size, blur, seed)
+
+    def two_crops(index, element):
+        image = augment.full_image(element[0], source.kind)
+        return views.crop_view(image), views.crop_view(image)
+
+    ds = ds.map(two_crops, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.ignore_errors().batch(batch_size, drop_remainder=True)
+    ds = ds.map(
+        lambda c1, c2: ((views.finish_views(c1), views.finish_views(c2)),),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic,
+    )  # fmt: skip
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

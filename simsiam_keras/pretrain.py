@@ -400,7 +400,7 @@ def train_dataset(source, config, strategy=None, start_batch=0, shuffle=True):
         return data.two_view_dataset(
             source, batch_size, c.image_size, blur=blur, seed=c.seed, shuffle=shuffle,
             repeat=True, deterministic=c.deterministic, input_context=input_context,
-            start_batch=start_batch,
+            start_batch=start_batch, augment_impl=c.augment_impl,
         )  # fmt: skip
 
     if not is_multi_worker(strategy):
