@@ -1,15 +1,14 @@
 """The paper's view recipe (Sec. 4, App. A; docs/recipe.md) with torchvision's semantics.
 
-One image at a time, for `tf.data.Dataset.map`. Why per-image TensorFlow ops and not KerasCV or
-Keras layers (docs/keras_notes.md, traps 4-5): KerasCV's `RandomCropAndResize` samples the
-aspect ratio uniformly and clips instead of torchvision's 10 attempts with a centre-crop
-fallback; Keras's `RandomGaussianBlur` draws one sigma per batch; `RandomColorJitter` is
-additive with a fixed order and no apply probability; and the nearest KerasCV layer pipeline was
-measured slower (`scripts/benchmark.py pipeline --impl kerascv`; README, "Measured speed"). So
-each op here is written from torchvision's definition and randomness is drawn per image from a
-stateless seed (the same seed gives the same views whatever the parallelism). The steps after
-the crop run XLA-compiled in the pipeline (`augment_cropped(..., compiled=True)`);
-`device_augment.py` has the same steps in `keras.ops` for the accelerator.
+One image at a time, for `tf.data.Dataset.map`. Each op is written from torchvision's
+definition, and randomness is drawn per image from a stateless seed (the same seed gives the same
+views whatever the parallelism). Not Keras's or KerasCV's layers (docs/keras_notes.md, traps
+4-5): their crop samples the aspect ratio uniformly and clips, their brightness is additive, the
+jitter's order is fixed, Keras core's blur draws one sigma per batch. KerasCV's layers with the
+paper's parameters are the other implementation, `kerascv_views.py` (`augment_impl="kerascv"`;
+README, "KerasCV views", measures both). The steps after the crop run XLA-compiled in the
+pipeline (`augment_cropped(..., compiled=True)`); `device_augment.py` has the same steps in
+`keras.ops` for the accelerator.
 
 Every image is float32 RGB in [0, 1] until `normalize`.
 """
