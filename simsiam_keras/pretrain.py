@@ -1,8 +1,8 @@
 """A whole SimSiam pretraining run: data, model, optimiser, monitors, checkpoints, export.
 
-`PretrainConfig` keeps the paper's ImageNet recipe as its defaults (ResNet-50, batch 512,
-lr 0.05 x batch/256, weight decay 1e-4, 100 epochs, fix_pred_lr); `scripts/pretrain.py` sets the
-quickstart's values as its flag defaults. `run(config)` validates everything before any work,
+`PretrainConfig` (`config.py`) keeps the paper's ImageNet recipe as its defaults (ResNet-50,
+batch 512, lr 0.05 x batch/256, weight decay 1e-4, 100 epochs, fix_pred_lr); the command line
+without a flagfile uses its `QUICKSTART` values. `run(config)` validates everything before any work,
 resumes from the workdir's last checkpoint when there is one, and writes into the workdir:
 `checkpoints/`, `history.csv`, `tensorboard/`, `model.keras`, `export/backbone` (SavedModel, TF
 backend), `summary.json` and `history.png`.
