@@ -83,9 +83,10 @@ def export():
     cli.quiet_logs()
     from absl import flags
 
-    flags.DEFINE_string("workdir", None, "A pretraining workdir.", required=True)
-    flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/export/backbone).")
-    flags.DEFINE_bool("checkpoint", False, "Export the last step checkpoint.")
+    main = {"module_name": config.main_module_name()}  # --helpshort lists them
+    flags.DEFINE_string("workdir", None, "A pretraining workdir.", required=True, **main)
+    flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/export/backbone).", **main)
+    flags.DEFINE_bool("checkpoint", False, "Export the last step checkpoint.", **main)
 
     def main(argv):
         del argv

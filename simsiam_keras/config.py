@@ -20,6 +20,7 @@ TensorFlow is imported.
 
 import dataclasses
 import os
+import sys
 import types
 import typing
 
@@ -287,20 +288,27 @@ def define_flags(config_class, quickstart=False, flag_values=None):
 
     fv = flags.FLAGS if flag_values is None else flag_values
     defaults = config_class.QUICKSTART if quickstart else {}
+    # Registered as the main script's own flags, so that --helpshort lists them.
+    where = {"flag_values": fv, "module_name": main_module_name()}
     for field in dataclasses.fields(config_class):
         default = defaults.get(field.name, field.default)
         help_text, choices = field.metadata["help"], field.metadata["choices"]
         kind = _base_type(field)
         if choices:
-            flags.DEFINE_enum(field.name, default, list(choices), help_text, flag_values=fv)
+            flags.DEFINE_enum(field.name, default, list(choices), help_text, **where)
         elif kind is bool:
-            flags.DEFINE_bool(field.name, default, help_text, flag_values=fv)
+            flags.DEFINE_bool(field.name, default, help_text, **where)
         elif kind is int:
-            flags.DEFINE_integer(field.name, default, help_text, flag_values=fv)
+            flags.DEFINE_integer(field.name, default, help_text, **where)
         elif kind is float:
-            flags.DEFINE_float(field.name, default, help_text, flag_values=fv)
+            flags.DEFINE_float(field.name, default, help_text, **where)
         else:
-            flags.DEFINE_string(field.name, default, help_text, flag_values=fv)
+            flags.DEFINE_string(field.name, default, help_text, **where)
+
+
+def main_module_name():
+    """The module name absl gives the running script (`--helpshort` shows its flags)."""
+    return sys.argv[0]
 
 
 def from_flags(config_class, flag_values=None, **overrides):

@@ -185,6 +185,17 @@ def test_the_installed_commands_are_the_scripts(command, args):
         assert "--[no]stop_gradient" in helped.stdout and "--base_lr" in helped.stdout
 
 
+@pytest.mark.parametrize(
+    "name, flag",
+    [("pretrain", "--[no]stop_gradient"), ("linear_eval", "--protocol"),
+     ("knn_eval", "--temperature"), ("export", "--[no]checkpoint")],
+)  # fmt: skip
+def test_helpshort_lists_the_scripts_flags(name, flag):
+    # What the one-line errors point to ("see --helpshort").
+    result = _script(name, "--helpshort", timeout=300)
+    assert flag in result.stdout, result.stdout[-2000:]
+
+
 def test_a_flag_typo_is_one_line_with_a_suggestion():
     result = _script("pretrain", "--epoch=3")
     assert result.returncode == 2
