@@ -164,24 +164,40 @@ class PretrainConfig:
             )  # fmt: skip
 
 
-_DATA = {
-    "pretrained": "A .keras SimSiam/backbone file, an exported SavedModel or a pretraining "
-    "workdir.",
-    "image_size": "Input height and width (default: the size the model was built for).",
-}
+@dataclasses.dataclass
+class EvaluationData:
+    """What both evaluations read: the pretrained model and the labelled data."""
+
+    pretrained: str | None = setting(
+        None, "A .keras SimSiam/backbone file, an exported SavedModel or a pretraining workdir.",
+        "exists",
+    )  # fmt: skip
+    dataset: str = setting("imagenet2012", "'digits' (embedded) or a TFDS name.")
+    data_dir: str | None = setting(None, "TFDS data directory.")
+    train_dir: str | None = setting(
+        None, "Labelled image folder <class>/<image>: the training split (the kNN memory).", "dir"
+    )
+    val_dir: str | None = setting(
+        None, "Labelled image folder: the validation split (the kNN queries).", "dir"
+    )
+    image_size: int | None = setting(
+        None, "Input height and width (default: the size the model was built for).", "positive"
+    )
+
+    def check(self):
+        """The checks that involve more than one setting."""
+        if not self.pretrained:
+            raise ConfigError("{} is required.", "pretrained")
+        if bool(self.train_dir) != bool(self.val_dir):
+            raise ConfigError("{} and {} go together (both labelled folders).",
+                              "train_dir", "val_dir")  # fmt: skip
 
 
 @dataclasses.dataclass
-class LinearConfig:
+class LinearConfig(EvaluationData):
     """A linear evaluation. Defaults: the paper's ImageNet protocol (App. A)."""
 
-    pretrained: str | None = setting(None, _DATA["pretrained"], "exists")
     workdir: str | None = setting(None, "Where results go (default: beside --pretrained).")
-    dataset: str = setting("imagenet2012", "'digits' (embedded) or a TFDS name.")
-    data_dir: str | None = setting(None, "TFDS data directory.")
-    train_dir: str | None = setting(None, "Labelled image folder <class>/<image>.", "dir")
-    val_dir: str | None = setting(None, "Labelled validation image folder.", "dir")
-    image_size: int | None = setting(None, _DATA["image_size"], "positive")
     batch_size: int = setting(4096, "Global batch size.", "positive")
     epochs: int = setting(90, "Epochs of the official protocol.", "positive")
     protocol: str = setting(
@@ -210,34 +226,21 @@ class LinearConfig:
     }  # fmt: skip
 
     def check(self):
-        """The checks that involve more than one setting."""
-        if not self.pretrained:
-            raise ConfigError("{} is required.", "pretrained")
-        if bool(self.train_dir) != bool(self.val_dir):
-            raise ConfigError("{} and {} go together (both labelled folders).",
-                              "train_dir", "val_dir")  # fmt: skip
-        workdir = getattr(self, "workdir", None) or ""
-        if os.path.exists(workdir) and not os.path.isdir(workdir):
-            raise ConfigError(f"{{}} {workdir!r} is a file.", "workdir")
+        """The evaluation's checks, and a workdir that is not a file."""
+        super().check()
+        if self.workdir and os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
+            raise ConfigError(f"{{}} {self.workdir!r} is a file.", "workdir")
 
 
 @dataclasses.dataclass
-class KnnConfig:
+class KnnConfig(EvaluationData):
     """A kNN evaluation (k=200, T=0.2, cosine, weighted vote: the InstDisc monitor)."""
 
-    pretrained: str | None = setting(None, _DATA["pretrained"], "exists")
-    dataset: str = setting("imagenet2012", "'digits' (embedded) or a TFDS name.")
-    data_dir: str | None = setting(None, "TFDS data directory.")
-    train_dir: str | None = setting(None, "Labelled image folder (the kNN memory).", "dir")
-    val_dir: str | None = setting(None, "Labelled image folder (the queries).", "dir")
-    image_size: int | None = setting(None, _DATA["image_size"], "positive")
     batch_size: int = setting(256, "Feature batch size.", "positive")
     k: int = setting(200, "Neighbours.", "positive")
     temperature: float = setting(0.2, "Vote temperature.", "positive")
 
     QUICKSTART: typing.ClassVar[dict] = {"dataset": "digits"}
-
-    check = LinearConfig.check  # the same pairing of --pretrained and the folders
 
 
 def validate(config):
