@@ -14,7 +14,9 @@ the authors' public code writes them (torchvision ResNets, `transforms.RandomRes
     ~/torchref/bin/python benchmarks/torch_reference.py train --data TRAIN --knn-train TRAIN \
         --knn-val VAL --epochs 4 --width 0.25
 
-`step`: image pairs per second of one SGD step on random inputs (after `--warmup` steps).
+`step`: image pairs per second of one SGD step on random inputs (median of `--steps` steps after
+`--warmup`), `--device cuda` and `--bf16` (autocast) for the GPU check (benchmarks/gpu_check.sh),
+with the model's training FLOPs counted by `torch.utils.flop_counter`.
 `views`: statistics of the views of a folder's first `--images` images (channel means and
 stds, grayscale fraction, crop area and aspect quantiles), as `scripts/benchmark.py views`.
 `pipeline`: two-view pairs per second out of a DataLoader over an image folder
@@ -33,10 +35,14 @@ import time
 
 import torch
 import torch.nn.functional as F
-import torchvision
-from PIL import ImageFilter
 from torch import nn
-from torchvision import transforms
+
+try:
+    import torchvision
+    from PIL import ImageFilter
+    from torchvision import transforms
+except ImportError:  # `step` of the narrow CIFAR net needs torch alone (the GPU check's CPU test)
+    torchvision = transforms = ImageFilter = None
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -199,36 +205,72 @@ def two_view_loader(root, per_class, size, blur, batch, workers):
     )  # fmt: skip
 
 
+def train_flops_per_pair(model, x1, x2):
+    """3 x the forward FLOPs of one pair (both views, f and h), counted by PyTorch.
+
+    `torch.utils.flop_counter` counts what runs (2 per multiply-add, convolutions and matrix
+    products); x3 for forward + backward is the convention `simsiam_keras.flops` uses too.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x1[:2], x2[:2])
+    return 3 * counter.get_total_flops() / 2
+
+
+def sync(device):
+    """Waits for the device's queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def cmd_step(args):
-    """Pairs per second of SGD steps on random inputs."""
+    """Pairs per second of SGD steps on random inputs (median of per-step times)."""
     torch.manual_seed(0)
+    device = torch.device(args.device)
     model = SimSiam(args.arch, projector_layers=projector_layers_for(args.arch), width=args.width)
+    model = model.to(device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=0.05 * args.batch / 256, momentum=0.9, weight_decay=1e-4
     )
-    x1 = torch.randn(args.batch, 3, args.size, args.size)
-    x2 = torch.randn(args.batch, 3, args.size, args.size)
+    x1 = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    x2 = torch.randn(args.batch, 3, args.size, args.size, device=device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
+    flops = train_flops_per_pair(model, x1, x2)
     model.train()
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=args.bf16)
 
     def step():
-        loss = simsiam_loss(*model(x1, x2))
+        with autocast:
+            loss = simsiam_loss(*model(x1, x2))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
     for _ in range(args.warmup):
         step()
-    start = time.perf_counter()
+    sync(device)
+    times = []
     for _ in range(args.steps):
+        start = time.perf_counter()
         step()
-    seconds = time.perf_counter() - start
-    print(json.dumps({
+        sync(device)
+        times.append(time.perf_counter() - start)
+    median = sorted(times)[len(times) // 2]
+    pairs_per_s = args.batch / median
+    result = {
         "what": "torch_step", "arch": args.arch, "size": args.size, "batch": args.batch,
-        "threads": torch.get_num_threads(), "img_per_s": args.batch * args.steps / seconds,
-    }))  # fmt: skip
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "bf16": args.bf16, "channels_last": args.channels_last,
+        "threads": torch.get_num_threads(), "median_step_s": median,
+        "img_per_s": pairs_per_s, "train_gflop_per_pair": flops / 1e9,
+        "achieved_tflops": flops * pairs_per_s / 1e12,
+    }  # fmt: skip
+    if args.nominal_tflops:
+        result["utilisation_of_nominal"] = result["achieved_tflops"] / args.nominal_tflops
+    print(json.dumps(result))
 
 
 def cmd_pipeline(args):
@@ -350,6 +392,9 @@ def main():
     step.add_argument("--warmup", type=int, default=2)
     step.add_argument("--channels-last", action="store_true")
     step.add_argument("--width", type=float, default=1.0)
+    step.add_argument("--device", default="cpu", help="cpu, cuda")
+    step.add_argument("--bf16", action="store_true", help="torch.autocast to bfloat16")
+    step.add_argument("--nominal-tflops", type=float, help="rated peak for the utilisation")
     pipeline = commands.add_parser("pipeline")
     pipeline.add_argument("--data", required=True)
     pipeline.add_argument("--size", type=int, default=224)

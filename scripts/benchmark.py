@@ -5,7 +5,10 @@ r"""Speed benchmarks; the last printed line is one JSON object.
 
 `step`: image pairs per second through `SimSiam.train_step` on random inputs, timed per batch
 inside one `fit` call after a warm-up (the first steps trace and compile: docs/keras_notes.md,
-trap 18), the median over the timed steps. Works on any backend (KERAS_BACKEND). Compare side by
+trap 18), the median over the timed steps. Works on any backend (KERAS_BACKEND) and device, and
+without TensorFlow on JAX and PyTorch (the GPU check, benchmarks/gpu_check.sh). It also prints
+the model's training FLOPs (`simsiam_keras.flops`), the achieved TFLOP/s, and their fraction of
+the backend's matrix-product peak measured in the same run (`--peak_matmul`). Compare side by
 side with `benchmarks/torch_reference.py step` on the same machine, never with a bare time.
 
 `pipeline`: two-view image pairs per second out of `data.two_view_dataset` (decode, both views'
@@ -45,7 +48,26 @@ flags.DEFINE_integer("seed", 0, "`views`: seed of the views and crops.")
 flags.DEFINE_bool("blur", True, "`pipeline`: include the Gaussian blur (false: CIFAR variant).")
 flags.DEFINE_bool("fused", False, "`pipeline`: decode each view's JPEG crop separately.")
 flags.DEFINE_bool("compiled", True, "`pipeline`: XLA-compile the steps after the crop.")
-flags.DEFINE_enum("augment_on", "host", ["host", "device"], "`pipeline`: where views augment.")
+flags.DEFINE_enum(
+    "augment_on",
+    "host",
+    ["host", "device"],
+    "Where views augment. `step`: device = uint8 whole images in, crop and the rest of the "
+    "recipe inside the step (ViewAugment(crop_size=...)); host = ready views in.",
+)
+flags.DEFINE_enum(
+    "mixed_precision", "none", ["none", "bfloat16", "float16"], "`step`: compute precision."
+)
+flags.DEFINE_integer(
+    "peak_matmul",
+    2048,
+    "`step`: measure the backend's n x n matrix-product FLOP/s in the compute dtype, in the "
+    "same run, for the utilisation (0: skip).",
+    lower_bound=0,
+)
+flags.DEFINE_float(
+    "nominal_tflops", None, "`step`: the device's rated TFLOP/s, for a second utilisation."
+)
 flags.DEFINE_list(
     "ablate",
     [],
@@ -61,11 +83,54 @@ flags.DEFINE_enum(
 )
 
 
+def _device_name():
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.devices()[0].device_kind
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return gpus[0].name if gpus else "cpu"
+
+
+def matmul_peak_flops(dtype, n):
+    """FLOP/s of the backend's `n` x `n` matrix product in `dtype`, on its default device.
+
+    The ceiling the step's utilisation is quoted against, measured in the same process: the
+    median over repeats of about 0.3 s, after a warm-up.
+    """
+    import keras
+    from keras import ops
+
+    a = keras.random.normal((n, n), dtype=dtype, seed=0)
+    b = keras.random.normal((n, n), dtype=dtype, seed=1)
+
+    def timed(repeats):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            c = ops.matmul(a, b)
+        float(ops.convert_to_numpy(c[0, 0]))  # waits for the queued products
+        return (time.perf_counter() - start) / repeats
+
+    timed(2)
+    repeats = max(2, int(0.3 / timed(2)))
+    return 2 * n**3 / statistics.median(timed(repeats) for _ in range(3))
+
+
 def benchmark_step():
     import keras
     import numpy as np
 
     import simsiam_keras as sk
+    from simsiam_keras import flops, recipe
 
     class RandomViews(keras.utils.PyDataset):
         def __init__(self, x1, x2, length):
@@ -90,29 +155,56 @@ def benchmark_step():
             keras.ops.convert_to_numpy(logs["loss"])  # wait for the step to finish
             self.times.append(time.perf_counter() - self.start)
 
+    if FLAGS.mixed_precision != "none":
+        keras.mixed_precision.set_global_policy(f"mixed_{FLAGS.mixed_precision}")
     keras.utils.set_random_seed(0)
     size, batch = FLAGS.image_size, FLAGS.batch_size
     backbone = sk.build_resnet(FLAGS.backbone, width=FLAGS.width, image_size=size)
     layers = 2 if FLAGS.backbone == "resnet18_cifar" else 3
-    model = sk.SimSiam(backbone, dim=FLAGS.dim, pred_dim=FLAGS.pred_dim, projector_layers=layers)
+    rng = np.random.default_rng(0)
+    augment = None
+    if FLAGS.augment_on == "device":  # uint8 whole images; crop and views inside the step
+        augment = sk.ViewAugment(blur=recipe.blur_by_default(size), crop_size=size)
+        source = max(size, round(size * recipe.EVAL_RESIZE_RATIO))  # 256 for 224
+        shape = (batch, source, source, 3)
+        x1, x2 = (rng.integers(0, 256, shape, dtype="uint8") for _ in range(2))
+    else:
+        x1, x2 = (rng.normal(size=(batch, size, size, 3)).astype("float32") for _ in range(2))
+    model = sk.SimSiam(
+        backbone, dim=FLAGS.dim, pred_dim=FLAGS.pred_dim, projector_layers=layers, augment=augment
+    )
     steps = FLAGS.warmup + FLAGS.steps
     model.compile(optimizer=sk.simsiam_optimizer(batch_size=batch, epochs=1, steps_per_epoch=steps))
-    rng = np.random.default_rng(0)
-    x1, x2 = (rng.normal(size=(batch, size, size, 3)).astype("float32") for _ in range(2))
+    if keras.backend.backend() != "tensorflow":  # on the accelerator, as the reference's inputs
+        x1, x2 = keras.ops.convert_to_tensor(x1), keras.ops.convert_to_tensor(x2)
     timer = StepTimer()
     model.fit(RandomViews(x1, x2, steps), epochs=1, verbose=0, callbacks=[timer])
     median = statistics.median(timer.times[FLAGS.warmup :])
-    return {
+    train_flops = flops.simsiam_train_flops(model)
+    achieved = train_flops * batch / median
+    result = {
         "what": "keras_step",
         "backend": keras.backend.backend(),
+        "device": _device_name(),
         "backbone": FLAGS.backbone,
         "width": FLAGS.width,
         "image_size": size,
         "batch_size": batch,
+        "mixed_precision": FLAGS.mixed_precision,
+        "augment_on": FLAGS.augment_on,
         "steps": FLAGS.steps,
         "median_step_s": median,
         "pairs_per_s": batch / median,
+        "train_gflop_per_pair": train_flops / 1e9,
+        "achieved_tflops": achieved / 1e12,
     }
+    if FLAGS.peak_matmul:
+        dtype = keras.mixed_precision.global_policy().compute_dtype
+        peak = matmul_peak_flops(dtype, FLAGS.peak_matmul)
+        result.update(matmul_peak_tflops=peak / 1e12, utilisation_of_matmul_peak=achieved / peak)
+    if FLAGS.nominal_tflops:
+        result["utilisation_of_nominal"] = achieved / 1e12 / FLAGS.nominal_tflops
+    return result
 
 
 def _ablate(steps):

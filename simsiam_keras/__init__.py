@@ -11,6 +11,7 @@ import importlib
 __version__ = "0.1.0"
 
 _HOMES = {
+    "ArrayViews": "arrays",
     "BACKBONES": "backbones",
     "build_resnet": "backbones",
     "feature_dim": "backbones",

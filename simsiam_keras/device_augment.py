@@ -6,7 +6,13 @@ order per image), grayscale p=0.2, Gaussian blur sigma ~ U[0.1, 2] p=0.5, horizo
 and the ImageNet normalisation to the whole batch inside the train step (`SimSiam(augment=...)`),
 with every random draw per image. It is written in `keras.ops` and imports no TensorFlow, so it
 runs under JAX and PyTorch on a GPU (the accelerator image has no TensorFlow). The crop stays on
-the host: images of different sizes only become a batch once cropped and resized.
+the host for image folders and TFDS (images of different sizes only become a batch once cropped
+and resized); for a decoded array of images of one size (`arrays.ArrayViews`, e.g. CIFAR as
+uint8) `ViewAugment(crop_size=...)` also draws each image's RandomResizedCrop box here
+(`sample_crop_boxes`, torchvision's sampler, batched) and resamples it (`crop_and_resize`,
+bilinear with half-pixel centres), so the whole recipe runs on the accelerator. Unlike the host
+path that resample has no antialiasing: an upscaled crop (every CIFAR crop) is identical, a
+downscaled one is sharper than PIL's.
 
 Same definitions as `augment.py` (torchvision's), batched: every colour op is computed for every
 image and selected per image with `where`, the four jitter ops at each of the four positions of
@@ -17,6 +23,8 @@ same kernel as `augment.gaussian_blur`.
 than batched layers (module docstring there), and tf.data cannot run `keras.ops` of the JAX or
 PyTorch backends.
 """
+
+import math
 
 import keras
 from keras import ops
@@ -202,27 +210,140 @@ def apply_params(images, params, blur=True):
     return normalize(images)
 
 
+def sample_crop_boxes(
+    batch_size, height, width, seed, scale=recipe.CROP_SCALE, ratio=recipe.CROP_RATIO
+):
+    """Torchvision's `RandomResizedCrop.get_params` for a batch: `[N, 4]` (top, left, h, w).
+
+    The same sampler as `augment.sample_crop` (the host's), batched: each image gets
+    `recipe.CROP_ATTEMPTS` candidate boxes (area ~ U(scale) x image area, log-aspect ~
+    U(log ratio), w = round(sqrt(area x aspect)), h = round(sqrt(area / aspect))), takes the first
+    that fits with a uniform top-left corner, else a centre crop with the aspect clamped to
+    `ratio`.
+
+    Args:
+        batch_size: number of images N.
+        height: image height (a Python int: every image of the batch has it).
+        width: image width.
+        seed: a `keras.random.SeedGenerator` or an int.
+        scale: range of the crop area as a fraction of the image area.
+        ratio: range of the aspect ratio w / h.
+
+    Returns:
+        int32 tensor `[N, 4]`.
+    """
+    tries = (batch_size, recipe.CROP_ATTEMPTS)
+    target = height * width * keras.random.uniform(tries, scale[0], scale[1], seed=seed)
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    aspect = ops.exp(keras.random.uniform(tries, *log_ratio, seed=seed))
+    ws = ops.cast(ops.round(ops.sqrt(target * aspect)), "int32")
+    hs = ops.cast(ops.round(ops.sqrt(target / aspect)), "int32")
+    fits = (ws > 0) & (hs > 0) & (ws <= width) & (hs <= height)
+    first = ops.expand_dims(ops.argmax(ops.cast(fits, "int32"), axis=1), 1)
+    ok = ops.any(fits, axis=1)
+    # Fallback (torchvision): the whole image cropped to the nearest allowed aspect ratio.
+    in_ratio = width / height
+    fb_w = round(height * ratio[1]) if in_ratio > ratio[1] else width
+    fb_h = round(width / ratio[0]) if in_ratio < ratio[0] else height
+    crop_h = ops.where(ok, ops.take_along_axis(hs, first, axis=1)[:, 0], fb_h)
+    crop_w = ops.where(ok, ops.take_along_axis(ws, first, axis=1)[:, 0], fb_w)
+
+    def corner(extent, crop):  # torch.randint(0, extent - crop + 1), or centred
+        u = keras.random.uniform((batch_size,), seed=seed)
+        drawn = ops.cast(ops.floor(u * ops.cast(extent - crop + 1, "float32")), "int32")
+        return ops.where(ok, drawn, (extent - crop) // 2)
+
+    return ops.stack([corner(height, crop_h), corner(width, crop_w), crop_h, crop_w], axis=1)
+
+
+def _source_coords(start, extent, size):
+    """Bilinear taps along one axis: `(i0, i1, frac)`, each `[N, size]` (half-pixel centres)."""
+    extent_f = ops.cast(extent, "float32")[:, None]
+    out = (ops.arange(size, dtype="float32")[None, :] + 0.5) * extent_f / size - 0.5
+    out = ops.maximum(out, 0.0)
+    i0 = ops.floor(out)
+    frac = out - i0
+    i0 = ops.cast(i0, "int32")
+    i1 = ops.minimum(i0 + 1, ops.cast(extent, "int32")[:, None] - 1)
+    return i0 + start[:, None], i1 + start[:, None], frac
+
+
+def crop_and_resize(images, boxes, size):
+    """Each image's box resampled to `size` x `size`, bilinear with half-pixel centres.
+
+    The kernel of `tf.image.resize(method="bilinear")` and of PyTorch's `interpolate(...,
+    align_corners=False)` applied to the cropped image, without antialiasing.
+
+    Args:
+        images: `[N, H, W, C]` float.
+        boxes: `[N, 4]` int (top, left, height, width), as `sample_crop_boxes`.
+        size: output height and width.
+
+    Returns:
+        `[N, size, size, C]`, the dtype of `images`.
+    """
+    n, _, w, c = ops.shape(images)
+    boxes = ops.cast(boxes, "int32")
+    y0, y1, fy = _source_coords(boxes[:, 0], boxes[:, 2], size)
+    x0, x1, fx = _source_coords(boxes[:, 1], boxes[:, 3], size)
+
+    def rows(index):
+        index = ops.broadcast_to(index[:, :, None, None], (n, size, w, c))
+        return ops.take_along_axis(images, index, axis=1)
+
+    def cols(image_rows, index):
+        index = ops.broadcast_to(index[:, None, :, None], (n, size, size, c))
+        return ops.take_along_axis(image_rows, index, axis=2)
+
+    fy = ops.cast(fy, images.dtype)[:, :, None, None]
+    fx = ops.cast(fx, images.dtype)[:, None, :, None]
+    picked = rows(y0) * (1 - fy) + rows(y1) * fy
+    return cols(picked, x0) * (1 - fx) + cols(picked, x1) * fx
+
+
 @keras.saving.register_keras_serializable(package="simsiam_keras")
 class ViewAugment(keras.layers.Layer):
     """SimSiam's view augmentation after the crop, on a batch, on any backend and device.
 
     In training mode: jitter, grayscale, blur (if `blur`), flip with per-image randomness,
     then normalisation; in inference mode: normalisation only. Inputs are crops in [0, 1]
-    (`data.two_view_dataset(..., augment_on="device")`).
+    (`data.two_view_dataset(..., augment_on="device")`), or, with `crop_size`, whole images of
+    one size (float in [0, 1], or integers in [0, 255] such as `arrays.ArrayViews`' uint8): each
+    first gets its own RandomResizedCrop (scale `crop_scale`) resampled to `crop_size`, and in
+    inference mode the whole image resized to `crop_size`.
 
     Args:
         blur: include the Gaussian blur (False for the CIFAR variant).
         seed: int seed of the layer's `SeedGenerator`.
+        crop_size: crop the views here too, to this size (None: inputs are already crops).
+        crop_scale: area range of the crop (`recipe.CROP_SCALE`, the paper's).
         **kwargs: `keras.layers.Layer` arguments.
     """
 
-    def __init__(self, blur=True, seed=None, **kwargs):
+    def __init__(
+        self, blur=True, seed=None, crop_size=None, crop_scale=recipe.CROP_SCALE, **kwargs
+    ):
         super().__init__(**kwargs)
         self.blur = blur
         self.seed = seed
+        self.crop_size = crop_size
+        self.crop_scale = tuple(crop_scale)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
+    def _crop(self, images, training):
+        if "int" in keras.backend.standardize_dtype(images.dtype):
+            images = ops.cast(images, "float32") / 255.0
+        images = ops.cast(images, "float32")
+        n, h, w, _ = ops.shape(images)
+        if training:
+            boxes = sample_crop_boxes(n, h, w, self.seed_generator, self.crop_scale)
+        else:
+            boxes = ops.broadcast_to(ops.convert_to_tensor([[0, 0, h, w]], "int32"), (n, 4))
+        return crop_and_resize(images, boxes, self.crop_size)
+
     def call(self, images, training=False):
+        if self.crop_size is not None:
+            images = self._crop(images, training)
         images = ops.cast(images, self.compute_dtype)
         if not training:
             return normalize(ops.clip(images, 0.0, 1.0))
@@ -230,9 +351,18 @@ class ViewAugment(keras.layers.Layer):
         return apply_params(images, params, self.blur)
 
     def compute_output_shape(self, input_shape):
-        return input_shape
+        if self.crop_size is None:
+            return input_shape
+        return (input_shape[0], self.crop_size, self.crop_size, input_shape[-1])
 
     def get_config(self):
         config = super().get_config()
-        config.update({"blur": self.blur, "seed": self.seed})
+        config.update(
+            {
+                "blur": self.blur,
+                "seed": self.seed,
+                "crop_size": self.crop_size,
+                "crop_scale": self.crop_scale,
+            }
+        )
         return config

@@ -162,3 +162,90 @@ def test_simsiam_trains_with_the_device_augmentation():
     # Identical inputs, yet the loss is not the trivial -1: the views were augmented.
     assert history.history["loss"][0] > -0.999
     assert not np.array_equal(state, _np(model.augment.seed_generator.state))
+
+
+def _ref_crop_and_resize(image, box, size):
+    """NumPy: crop, then bilinear with half-pixel centres (PyTorch align_corners=False)."""
+    top, left, h, w = box
+    crop = image[top : top + h, left : left + w]
+
+    def taps(extent):
+        src = np.maximum((np.arange(size) + 0.5) * extent / size - 0.5, 0)
+        i0 = np.floor(src).astype(int)
+        return i0, np.minimum(i0 + 1, extent - 1), (src - i0)[:, None]
+
+    y0, y1, fy = taps(h)
+    x0, x1, fx = taps(w)
+    rows = crop[y0] * (1 - fy[..., None]) + crop[y1] * fy[..., None]
+    return rows[:, x0] * (1 - fx) + rows[:, x1] * fx
+
+
+def test_crop_and_resize_matches_numpy_per_image():
+    x = _images(4, 12, 10)
+    boxes = np.array([[0, 0, 12, 10], [3, 2, 5, 7], [1, 4, 11, 6], [6, 5, 2, 3]], "int32")
+    for size in (8, 16):  # downscale and upscale
+        out = _np(da.crop_and_resize(x, boxes, size))
+        assert out.shape == (4, size, size, 3)
+        for i in range(4):
+            ref = _ref_crop_and_resize(x[i], boxes[i], size)
+            np.testing.assert_allclose(out[i], ref, atol=1e-5)
+
+
+def _box_stats(boxes, h, w):
+    """Quantiles (10/50/90 %) of area fraction and aspect, mean relative centre (y, x)."""
+    top, left, ch, cw = boxes.T.astype("float64")
+    qs = (0.1, 0.5, 0.9)
+    centre = [((top + ch / 2) / h).mean(), ((left + cw / 2) / w).mean()]
+    return np.concatenate([np.quantile(ch * cw / (h * w), qs), np.quantile(cw / ch, qs), centre])
+
+
+def test_crop_boxes_follow_the_host_sampler():
+    """Batched device boxes vs `augment.sample_crop` (torchvision's sampler) over 4000 draws."""
+    import tensorflow as tf
+
+    from simsiam_keras import augment
+
+    for h, w in ((32, 32), (24, 40)):
+        dev = _np(da.sample_crop_boxes(4000, h, w, keras.random.SeedGenerator(1)))
+        seeds = tf.random.experimental.stateless_split([7, 1], 4000)
+        host = np.stack([np.array([int(v) for v in augment.sample_crop(h, w, s)]) for s in seeds])
+        for boxes in (dev, host):
+            top, left, ch, cw = boxes.T
+            assert (ch > 0).all() and (cw > 0).all()
+            assert (top >= 0).all() and (left >= 0).all()
+            assert (top + ch <= h).all() and (left + cw <= w).all()
+
+        d, t = _box_stats(dev, h, w), _box_stats(host, h, w)
+        np.testing.assert_allclose(d, t, atol=0.04)
+
+
+def test_layer_crops_uint8_images_and_resizes_at_inference():
+    layer = da.ViewAugment(blur=False, seed=0, crop_size=8)
+    x = (_images(5, 12, 12) * 255).astype("uint8")
+    out = _np(layer(x, training=True))
+    assert out.shape == (5, 8, 8, 3) and np.isfinite(out).all()
+    plain = _np(layer(x, training=False))
+    whole = np.stack([_ref_crop_and_resize(v / 255.0, (0, 0, 12, 12), 8) for v in x])
+    np.testing.assert_allclose(plain, _np(da.normalize(whole.astype("float32"))), atol=1e-5)
+    again = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert again.crop_size == 8 and again.crop_scale == (0.2, 1.0)
+
+
+def test_simsiam_trains_from_uint8_arrays_with_the_whole_recipe_on_device():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3)(inputs))
+    backbone = keras.Model(inputs, features)
+    augment = da.ViewAugment(blur=False, crop_size=16)
+    model = sk.SimSiam(backbone, dim=32, pred_dim=8, projector_layers=2, augment=augment)
+    model.compile(optimizer=sk.SGD(0.05, momentum=0.9))
+    images = np.random.default_rng(0).integers(0, 256, (10, 20, 20, 3), dtype="uint8")
+    feed = sk.ArrayViews(images, batch_size=4, seed=0)
+    assert len(feed) == 2  # the incomplete batch is dropped
+    first = feed[0][0][0].copy()
+    history = model.fit(feed, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert history.history["loss"][0] > -0.999  # two different views of each image
+    assert not np.array_equal(first, feed[0][0][0])  # a new order in the next epoch
+    with pytest.raises(ValueError, match="batch_size"):
+        sk.ArrayViews(images, batch_size=11)
