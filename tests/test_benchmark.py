@@ -102,3 +102,49 @@ def test_make_jpeg_folder(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     sizes = sorted(Image.open(p).size for p in (tmp_path / "out" / "cat").iterdir())
     assert sizes == [(375, 500), (500, 375)]
+
+
+def test_flops_count_convolutions_and_dense_layers():
+    import keras
+
+    from simsiam_keras import flops
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs)  # 4x4x4 out
+    x = keras.layers.BatchNormalization()(x)  # not counted
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6)])  # nested: counted
+    outputs = keras.layers.Dense(5)(inner(keras.layers.GlobalAveragePooling2D()(x)))
+    model = keras.Model(inputs, outputs)
+    assert flops.forward_flops(model) == 2 * (4 * 4 * 3 * 3 * 3 * 4 + 4 * 6 + 6 * 5)
+
+
+def test_gpu_check_runs_on_cpu_without_tensorflow(tmp_path):
+    """benchmarks/gpu_check.sh at tiny sizes on the CPU, TensorFlow hidden as on the GPU image.
+
+    Every runner must print its JSON line, and the FLOPs PyTorch counts for the reference
+    (`torch.utils.flop_counter`) must equal this project's count of the same architecture.
+    """
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "for name in ('tensorflow', 'tensorflow_datasets', 'keras_cv'):\n"
+        "    sys.modules[name] = None  # not installed, as on the GPU image\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), PYTHON=sys.executable, WHEELS="")
+    env.update(DEVICE="cpu", ARCH="resnet18_cifar", SIZE="16", WIDTH="0.125", BATCHES="4")
+    env.update(STEPS="2", WARMUP="1", PEAK_MATMUL="128")
+    script = os.path.join(ROOT, "benchmarks", "gpu_check.sh")
+    result = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [line["runner"] for line in lines] == [
+        "torch_reference_b4",
+        "keras_jax_b4",
+        "keras_jax_device_augment_b4",
+        "keras_torch_b4",
+    ], result.stdout
+    for line in lines:
+        assert not line.get("failed"), line
+        assert line.get("pairs_per_s", line.get("img_per_s")) > 0
+        assert line["train_gflop_per_pair"] == pytest.approx(lines[0]["train_gflop_per_pair"])
+    assert lines[1]["mixed_precision"] == "bfloat16" and lines[2]["augment_on"] == "device"
+    assert 0 < lines[1]["utilisation_of_matmul_peak"] and lines[1]["matmul_peak_tflops"] > 0
