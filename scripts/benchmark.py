@@ -65,6 +65,12 @@ flags.DEFINE_integer(
     "same run, for the utilisation (0: skip).",
     lower_bound=0,
 )
+flags.DEFINE_bool(
+    "keras_bn",
+    False,
+    "`step` profile: Keras's own BatchNormalization pass instead of the fused one "
+    "(simsiam_keras/batch_norm.py), to measure what the fused kernel saves.",
+)
 flags.DEFINE_float(
     "nominal_tflops", None, "`step`: the device's rated TFLOP/s, for a second utilisation."
 )
@@ -155,6 +161,10 @@ def benchmark_step():
             keras.ops.convert_to_numpy(logs["loss"])  # wait for the step to finish
             self.times.append(time.perf_counter() - self.start)
 
+    if FLAGS.keras_bn:
+        from simsiam_keras.batch_norm import BatchNorm
+
+        BatchNorm.call = keras.layers.BatchNormalization.call
     if FLAGS.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(f"mixed_{FLAGS.mixed_precision}")
     keras.utils.set_random_seed(0)
@@ -192,6 +202,7 @@ def benchmark_step():
         "batch_size": batch,
         "mixed_precision": FLAGS.mixed_precision,
         "augment_on": FLAGS.augment_on,
+        "keras_bn": FLAGS.keras_bn,
         "steps": FLAGS.steps,
         "median_step_s": median,
         "pairs_per_s": batch / median,

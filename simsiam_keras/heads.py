@@ -7,6 +7,7 @@ epsilon 1e-5): docs/keras_notes.md, trap 14.
 import keras
 
 from simsiam_keras import initializers
+from simsiam_keras.batch_norm import BatchNorm
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -67,8 +68,11 @@ def resolve_synchronized_bn(synchronized_bn="auto"):
 
 
 def batch_norm(name, affine=True, zero_gamma=False, synchronized=False):
-    """BatchNormalization with PyTorch's momentum and epsilon (used by heads and backbones)."""
-    return keras.layers.BatchNormalization(
+    """BatchNormalization with PyTorch's momentum and epsilon (used by heads and backbones).
+
+    A `batch_norm.BatchNorm`: Keras's layer with a fused training pass on TensorFlow and PyTorch.
+    """
+    return BatchNorm(
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
         center=affine,
