@@ -10,11 +10,12 @@
 #   2. this project, Keras JAX backend, mixed_bfloat16
 #   3. the same with augment_on=device: uint8 images in, crop + views inside the step
 #   4. this project, Keras PyTorch backend, mixed_bfloat16
-# for each batch size in BATCHES (2 and 3 and 4 at the first only).
+#   5. (ABLATIONS=1) 4 with Keras's unfused BatchNormalization (--keras_bn), what the fused one saves
+# for each batch size in BATCHES (1 and 2 at each, 3 to 5 at the first only).
 #
 #   bash benchmarks/gpu_check.sh                      # the H200 defaults below
 #   DEVICE=cpu ARCH=resnet18_cifar SIZE=32 WIDTH=0.125 BATCHES=4 STEPS=2 WARMUP=1 \
-#       PEAK_MATMUL=256 WHEELS= bash benchmarks/gpu_check.sh  # the CPU smoke test (tests/)
+#       PEAK_MATMUL=256 WHEELS= ABLATIONS=0 bash benchmarks/gpu_check.sh  # the CPU smoke test (tests/)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ARCH=${ARCH:-resnet50}
@@ -28,6 +29,7 @@ NOMINAL_TFLOPS=${NOMINAL_TFLOPS:-790}
 PEAK_MATMUL=${PEAK_MATMUL:-8192}
 LIMIT_S=${LIMIT_S:-240}
 PYTHON=${PYTHON:-python3}
+ABLATIONS=${ABLATIONS:-1}
 WHEELS=${WHEELS-.whl}  # empty: use the installed Keras
 
 if [ -n "$WHEELS" ] && compgen -G "$WHEELS/*.whl" >/dev/null; then
@@ -66,6 +68,10 @@ for batch in $BATCHES; do
       --augment_on device --peak_matmul 0
     KERAS_BACKEND=torch run "keras_torch_b$batch" "${keras_step[@]}" \
       --peak_matmul "$PEAK_MATMUL"
+    if [ "$ABLATIONS" = 1 ]; then
+      KERAS_BACKEND=torch run "keras_torch_keras_bn_b$batch" "${keras_step[@]}" \
+        --peak_matmul 0 --keras_bn
+    fi
   fi
   first=0
 done

@@ -123,7 +123,7 @@ def matmul_peak_flops(dtype, n):
         start = time.perf_counter()
         for _ in range(repeats):
             c = ops.matmul(a, b)
-        float(ops.convert_to_numpy(c[0, 0]))  # waits for the queued products
+        float(ops.convert_to_numpy(ops.cast(c[0, 0], "float32")))  # waits for the products
         return (time.perf_counter() - start) / repeats
 
     timed(2)

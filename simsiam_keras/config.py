@@ -111,6 +111,12 @@ class PretrainConfig:
         "(keras-cv layers with the paper's parameters; README, 'KerasCV views').",
         choices=AUGMENT_IMPLS,
     )  # fmt: skip
+    augment_on: str = setting(
+        "host",
+        "Where the views' steps after the crop run: host (tf.data, beside the step) or device "
+        "(ViewAugment inside the train step, on the accelerator; docs/speed.md).",
+        choices=("host", "device"),
+    )  # fmt: skip
     mixed_precision: str = setting("none", "Compute precision.", choices=PRECISIONS)
     seed: int = setting(0, "Seed.")
     stop_gradient: bool = setting(
@@ -157,6 +163,9 @@ class PretrainConfig:
             raise ConfigError(f"{{}} {self.workdir!r} exists and is a file.", "workdir")
         if self.val_dir and not self.train_dir:
             raise ConfigError("{} needs {} (the kNN memory).", "val_dir", "train_dir")
+        if self.augment_on == "device" and self.augment_impl == "kerascv":
+            raise ConfigError("{}=device runs this package's views; {}=kerascv runs on the host.",
+                              "augment_on", "augment_impl")  # fmt: skip
         if self.warmup_epochs >= self.epochs:
             raise ConfigError(
                 f"{{}} ({self.warmup_epochs}) must be < {{}} ({self.epochs}).",

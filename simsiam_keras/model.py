@@ -13,7 +13,8 @@ Keras as `(x, y)` (docs/keras_notes.md, trap 7).
 import keras
 from keras import ops
 
-from simsiam_keras import backbones, heads, losses, train_steps, workarounds
+# device_augment: registers ViewAugment, which `from_config` may meet as `augment`.
+from simsiam_keras import backbones, device_augment, heads, losses, train_steps, workarounds  # noqa: F401
 
 
 def _unpack_views(data):

@@ -21,6 +21,7 @@ import numpy as np
 
 from simsiam_keras import backbones, checkpoint, cli, knn, monitors, recipe, report
 from simsiam_keras.config import ConfigError, PretrainConfig, resumable, validate
+from simsiam_keras.device_augment import ViewAugment
 from simsiam_keras.distribute import is_chief, is_multi_worker, make_strategy
 from simsiam_keras.model import SimSiam
 from simsiam_keras.optim import simsiam_optimizer
@@ -400,7 +401,7 @@ def train_dataset(source, config, strategy=None, start_batch=0, shuffle=True):
         return data.two_view_dataset(
             source, batch_size, c.image_size, blur=blur, seed=c.seed, shuffle=shuffle,
             repeat=True, deterministic=c.deterministic, input_context=input_context,
-            start_batch=start_batch, augment_impl=c.augment_impl,
+            start_batch=start_batch, augment_impl=c.augment_impl, augment_on=c.augment_on,
         )  # fmt: skip
 
     if not is_multi_worker(strategy):
@@ -415,7 +416,13 @@ def build_model(config, steps_per_epoch, distributed=False):
     c = config
     layers = c.projector_layers or (2 if c.backbone == "resnet18_cifar" else 3)
     backbone = backbones.build_resnet(c.backbone, c.width, c.image_size, distributed)
-    model = SimSiam(backbone, c.dim, c.pred_dim, layers, c.stop_gradient, distributed)
+    augment = None
+    if c.augment_on == "device":
+        blur = c.blur if c.blur is not None else recipe.blur_by_default(c.image_size)
+        augment = ViewAugment(blur=blur, seed=c.seed)
+    model = SimSiam(
+        backbone, c.dim, c.pred_dim, layers, c.stop_gradient, distributed, augment=augment
+    )
     optimizer = simsiam_optimizer(
         c.base_lr, c.batch_size, c.epochs, steps_per_epoch, c.weight_decay,
         fix_pred_lr=c.fix_pred_lr, warmup_epochs=c.warmup_epochs,

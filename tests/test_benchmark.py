@@ -131,7 +131,7 @@ def test_gpu_check_runs_on_cpu_without_tensorflow(tmp_path):
     )
     env = dict(os.environ, PYTHONPATH=str(tmp_path), PYTHON=sys.executable, WHEELS="")
     env.update(DEVICE="cpu", ARCH="resnet18_cifar", SIZE="16", WIDTH="0.125", BATCHES="4")
-    env.update(STEPS="2", WARMUP="1", PEAK_MATMUL="128")
+    env.update(STEPS="2", WARMUP="1", PEAK_MATMUL="128", ABLATIONS="0")
     script = os.path.join(ROOT, "benchmarks", "gpu_check.sh")
     result = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -200,8 +200,11 @@ def _box_stats(boxes, h, w):
 
 
 def test_crop_boxes_follow_the_host_sampler():
-    """Batched device boxes vs `augment.sample_crop` (torchvision's sampler) over 4000 draws."""
-    import tensorflow as tf
+    """Batched device boxes vs `augment.sample_crop` (torchvision's sampler) over 4000 draws.
+
+    The host sampler is TensorFlow's: skipped in the JAX / PyTorch runs, which block it.
+    """
+    tf = pytest.importorskip("tensorflow")
 
     from simsiam_keras import augment
 

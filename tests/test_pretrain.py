@@ -47,6 +47,26 @@ def test_smoke_run_writes_everything(tmp_path):
     assert saved["config"]["image_size"] == 16 and "loss" in saved["final"]
 
 
+def test_views_augmented_on_the_device(tmp_path):
+    """--augment_on=device: crops from tf.data, the rest of the recipe inside the step."""
+    import keras
+
+    work = tmp_path / "run"
+    summary = last_json(
+        _run(
+            *SMALL, f"--workdir={work}", "--epochs=1", "--steps_per_epoch=2", "--augment_on=device"
+        )
+    )
+    assert summary["steps"] == 2
+    saved = json.load(open(work / "summary.json"))
+    assert np.isfinite(saved["final"]["loss"]) and saved["config"]["augment_on"] == "device"
+    import simsiam_keras as sk
+
+    assert sk.SimSiam  # registers the package's classes (the module is imported on first use)
+    model = keras.models.load_model(work / "model.keras", compile=False)
+    assert isinstance(model.augment, sk.ViewAugment)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -58,6 +78,7 @@ def test_smoke_run_writes_everything(tmp_path):
         (["--dataset=no_such_tfds_name"], "Unknown TFDS dataset"),
         (["--strategy=everything"], "strategy"),
         (["--strategy=multi_worker"], "which is not set"),  # no TF_CONFIG
+        (["--augment_on=device", "--augment_impl=kerascv"], "--augment_impl=kerascv runs on"),
     ],
 )
 def test_bad_flags_stop_with_a_message(tmp_path, args, message):
