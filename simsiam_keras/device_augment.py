@@ -324,6 +324,8 @@ class ViewAugment(keras.layers.Layer):
         self, blur=True, seed=None, crop_size=None, crop_scale=recipe.CROP_SCALE, **kwargs
     ):
         super().__init__(**kwargs)
+        if crop_size is not None and (not isinstance(crop_size, int) or crop_size <= 0):
+            raise ValueError(f"`crop_size` must be a positive int or None. Received: {crop_size!r}")
         self.blur = blur
         self.seed = seed
         self.crop_size = crop_size

@@ -232,6 +232,8 @@ def test_layer_crops_uint8_images_and_resizes_at_inference():
     np.testing.assert_allclose(plain, _np(da.normalize(whole.astype("float32"))), atol=1e-5)
     again = keras.layers.deserialize(keras.layers.serialize(layer))
     assert again.crop_size == 8 and again.crop_scale == (0.2, 1.0)
+    with pytest.raises(ValueError, match="crop_size"):
+        da.ViewAugment(crop_size=0)
 
 
 def test_simsiam_trains_from_uint8_arrays_with_the_whole_recipe_on_device():
