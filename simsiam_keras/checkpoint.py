@@ -7,11 +7,17 @@ under a temporary name and renamed into place; then the `latest` file, the point
 atomically (`os.replace`). A kill during a write leaves a stray temporary directory and the
 previous `latest`: the last usable checkpoint is never touched. Older checkpoints beyond `keep`
 are deleted after the pointer moves. NumPy files keep checkpoints backend-neutral.
+
+A model that names `checkpoint_variables` is saved with those only: a linear classifier keeps
+its linear layer and not the frozen backbone, which the run reloads from `--pretrained`.
+`fit_from` runs `model.fit` from a checkpointed step to the end, as a resumed run must.
 """
 
+import contextlib
 import json
 import os
 import shutil
+import threading
 
 import keras
 import numpy as np
@@ -23,6 +29,48 @@ def _to_numpy(variables):
     return {f"{i:05d}": np.asarray(keras.ops.convert_to_numpy(v)) for i, v in enumerate(variables)}
 
 
+def check_saved_config(path, config, extra=None):
+    """Raises `ConfigError` when the run saved at `path` (a config.json) has other settings.
+
+    The settings that may change between the processes of one run (`config.resumable`) are
+    not compared; the others, and `extra` (values the config does not hold, such as a
+    fingerprint of the weights a run starts from), must equal the saved ones. A missing file
+    passes.
+
+    Args:
+        path: the run's `config.json`.
+        config: the new run's config dataclass.
+        extra: more `{name: value}` to compare.
+    """
+    import dataclasses
+
+    from simsiam_keras.config import ConfigError, resumable
+
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            previous = json.load(f)
+    except ValueError as e:  # a truncated or edited file
+        raise ConfigError(
+            f"{path} is not valid JSON ({e}); give a new {{}}, or restore that file.", "workdir"
+        ) from None
+    mine, free = {**dataclasses.asdict(config), **(extra or {})}, resumable(type(config))
+    differ = [k for k in mine if k not in free and k in previous and previous[k] != mine[k]]
+    if differ:
+        shown = ", ".join(f"{{}}={previous[k]!r} (now {mine[k]!r})" for k in differ)
+        raise ConfigError(
+            f"{{}} {getattr(config, 'workdir', None)!r} holds a run with other settings: {shown}. "
+            "Give a new {}, or the settings of that run to resume it.",
+            "workdir", *differ, "workdir",
+        )  # fmt: skip
+
+
+def model_variables(model):
+    """The variables of `model` a checkpoint holds: `model.checkpoint_variables`, else all."""
+    return getattr(model, "checkpoint_variables", None) or model.variables
+
+
 def save(directory, model, step, epoch, step_in_epoch, keep=2):
     """Writes checkpoint `step` atomically under `directory`; returns its path."""
     os.makedirs(directory, exist_ok=True)
@@ -30,7 +78,7 @@ def save(directory, model, step, epoch, step_in_epoch, keep=2):
     tmp = os.path.join(directory, f".tmp-ckpt-{step}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    np.savez(os.path.join(tmp, "model.weights.npz"), **_to_numpy(model.variables))
+    np.savez(os.path.join(tmp, "model.weights.npz"), **_to_numpy(model_variables(model)))
     np.savez(os.path.join(tmp, "optimizer.npz"), **_to_numpy(model.optimizer.variables))
     state = {"step": int(step), "epoch": int(epoch), "step_in_epoch": int(step_in_epoch)}
     with open(os.path.join(tmp, "state.json"), "w") as f:
@@ -79,7 +127,7 @@ def restore(path, model):
     """Loads checkpoint `path` into a built, compiled `model`; returns its state dict."""
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
-    for variables, name in ((model.variables, "model.weights.npz"),
+    for variables, name in ((model_variables(model), "model.weights.npz"),
                             (model.optimizer.variables, "optimizer.npz")):  # fmt: skip
         with np.load(os.path.join(path, name)) as arrays:
             if len(arrays.files) != len(variables):
@@ -156,3 +204,49 @@ class StepCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.nan_message is None:
             self._save()
+
+
+def fit_from(model, dataset_from, epochs, steps_per_epoch, ckpt, callbacks, graceful=True,
+             **fit_kwargs):  # fmt: skip
+    """`model.fit` from `ckpt.step` (a restored checkpoint's step) to the end of `epochs`.
+
+    A run resumed mid-epoch first finishes that epoch (`fit` with the remaining steps), then
+    trains the remaining epochs; `dataset_from(step)` must give the batches from global step
+    `step` on (the pipelines' `start_batch`), so the resumed run sees exactly the batches the
+    uninterrupted one would have. Stops early on a NaN loss or, when `graceful`, on SIGINT /
+    SIGTERM after saving (`StepCheckpoint.request_stop`; the caller raises `cli.Interrupted`).
+
+    Args:
+        model: a compiled model.
+        dataset_from: `step -> dataset` of repeated training batches.
+        epochs: epochs of the whole run.
+        steps_per_epoch: steps in one epoch.
+        ckpt: the run's `StepCheckpoint`, also in `callbacks`.
+        callbacks: every callback of the run.
+        graceful: catch SIGINT / SIGTERM (only from the main thread, and not under
+            multi-worker training: workers signalled at different moments would stop after
+            different steps, and the one still training would wait in a collective for ever;
+            there a signal ends the process and the run resumes from the last checkpoint).
+        **fit_kwargs: more `fit` arguments (`validation_data`, say).
+
+    Returns:
+        This process's history: `{metric: [per-epoch values]}`.
+    """
+    from simsiam_keras import cli
+
+    history, step, total = {}, ckpt.step, epochs * steps_per_epoch
+    graceful = graceful and threading.current_thread() is threading.main_thread()
+    signals = cli.stop_on_signals(ckpt.request_stop) if graceful else contextlib.nullcontext()
+    with signals:
+        while step < total and ckpt.nan_message is None and ckpt.stop_signal is None:
+            epoch, in_epoch = divmod(step, steps_per_epoch)
+            logs = model.fit(
+                dataset_from(step), initial_epoch=epoch,
+                epochs=epoch + 1 if in_epoch else epochs,
+                steps_per_epoch=steps_per_epoch - in_epoch if in_epoch else steps_per_epoch,
+                callbacks=callbacks, verbose=0, shuffle=False, **fit_kwargs,
+            ).history  # fmt: skip
+            for key, values in logs.items():
+                history.setdefault(key, []).extend(float(v) for v in values)
+            step = ckpt.step
+    return history

@@ -17,6 +17,7 @@ MultiWorkerMirroredStrategy gathers every worker's outputs (8 images in, 16 rows
 workers) and is a collective that every worker must join.
 """
 
+import contextlib
 import json
 import os
 import weakref
@@ -79,6 +80,71 @@ def make_strategy(name):
             "strategy",
         )
     return None, 1
+
+
+def start(strategy_name, mixed_precision, batch_size):
+    """The precision policy and the distribution of a run, before its model is built.
+
+    Args:
+        strategy_name: `--strategy` (one of `STRATEGIES`).
+        mixed_precision: "none", "float16" or "bfloat16" (`--mixed_precision`): sets Keras's
+            global policy `mixed_<value>`.
+        batch_size: the global batch size, which must split evenly over the replicas.
+
+    Returns:
+        `(strategy or None, replicas)`, as `make_strategy`.
+
+    Raises:
+        ConfigError: a strategy the backend cannot do, or a batch that does not split.
+    """
+    if mixed_precision != "none":
+        keras.mixed_precision.set_global_policy(f"mixed_{mixed_precision}")
+    strategy, replicas = make_strategy(strategy_name)
+    if batch_size % replicas:
+        raise ConfigError(f"{{}} {batch_size} is not divisible by {replicas} replicas.",
+                          "batch_size")  # fmt: skip
+    return strategy, replicas
+
+
+def scope(strategy):
+    """`strategy.scope()`, or a context that does nothing when `strategy` is None."""
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+def deterministic_kernels():
+    """Makes the backend's kernels deterministic: the same command gives the same figures.
+
+    TensorFlow's CPU kernels (oneDNN's among them) may split reductions over threads in a
+    different order from run to run; over hundreds of steps those last-bit differences grow
+    into different kNN figures. `enable_op_determinism` picks deterministic kernels instead.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def check_same_start(strategy, start_step):
+    """Stops every worker when they would resume from different steps (no shared workdir).
+
+    A collective: under multi-worker training every worker calls it, before restoring.
+    """
+    import tensorflow as tf
+
+    with strategy.scope():
+        steps = strategy.run(lambda: tf.constant([start_step], tf.int64))
+        every = sorted(set(strategy.gather(steps, axis=0).numpy().tolist()))
+    if len(every) > 1:
+        raise ConfigError(
+            f"The workers would resume from different steps {every}: {{}} must "
+            "be the same path on storage that every worker reads (only the chief writes).",
+            "workdir",
+        )
 
 
 def _check_tf_config(text):

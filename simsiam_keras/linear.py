@@ -7,6 +7,7 @@ with LARS (batch 4096, lr 0.1 x batch / 256, cosine, 90 epochs) or plain SGD (lr
 moving statistic changed.
 """
 
+import dataclasses
 import json
 import os
 
@@ -43,6 +44,7 @@ class LinearClassifier(keras.Model):
             num_classes,
             kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01),
             bias_initializer="zeros",
+            dtype="float32",  # float32 logits under mixed precision
             name="fc",
         )
         self.num_classes = num_classes
@@ -50,6 +52,11 @@ class LinearClassifier(keras.Model):
     def call(self, images, training=False):
         features = self.backbone(images, training=False if self.freeze_backbone else training)
         return self.fc(features)
+
+    @property
+    def checkpoint_variables(self):
+        """What a step checkpoint saves (`checkpoint.save`): the linear layer when frozen."""
+        return self.fc.variables if self.freeze_backbone else self.variables
 
     def get_config(self):
         config = super().get_config()
@@ -285,81 +292,106 @@ def default_workdir(pretrained):
     return path if os.path.isdir(path) and not path.endswith("backbone") else os.path.dirname(path)
 
 
+def with_global_policy(backbone):
+    """`backbone` rebuilt in Keras's global dtype policy (mixed precision), same weights.
+
+    `keras.models.load_model` restores each layer's saved policy (float32), whatever the
+    global one; a clone whose layers take the global policy runs in mixed precision. A
+    backbone that is not a functional model (an exported SavedModel) is returned as it is.
+    """
+    policy = keras.mixed_precision.global_policy().name
+    layers = getattr(backbone, "layers", [])
+    if policy == "float32" or not layers or isinstance(layers[-1], SavedModelBackbone):
+        return backbone
+
+    def in_policy(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": policy})
+
+    clone = keras.models.clone_model(backbone, clone_function=in_policy)
+    clone.set_weights(backbone.get_weights())
+    return clone
+
+
+def fingerprint(model):
+    """A SHA-256 of every variable of `model`: which weights a checkpointed run started from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for value in snapshot(model).values():
+        digest.update(np.ascontiguousarray(value, dtype=np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def run(config, log=print):
     """A linear evaluation of a frozen backbone (`LinearConfig`); returns the results dict.
 
     The protocol (`config.protocol`; "auto" picks "features" up to `FEATURES_MAX_IMAGES`
     training images, else "official"): "official" trains the linear layer with LARS (or SGD)
-    on augmented views, top-1 / top-5 on the validation split every epoch (paper App. A);
-    "features" fits it exactly on frozen features (`fit_on_features`). Either way the backbone
-    is checked unchanged at the end (`check_unchanged`). Writes `linear_eval.json` (and, for
-    the official protocol, `linear_eval.png`) into `config.workdir` (default: beside
-    `config.pretrained`).
+    on augmented views, top-1 / top-5 on the validation split every epoch (paper App. A),
+    with step checkpoints and resume (`linear_official.train`); "features" fits it exactly on
+    frozen features (`fit_on_features`). Both run under `config.strategy` and
+    `config.mixed_precision` as pretraining does (the backbone in the mixed policy, the
+    linear layer in float32). Either way the backbone is checked unchanged at the end
+    (`check_unchanged`). The chief writes `linear_eval.json` (and, for the official protocol,
+    `linear_eval.png`) into `config.workdir` (default: beside `config.pretrained`).
 
     Raises:
-        ConfigError: a bad setting; ValueError: unusable data; AssertionError: a backbone that
-        moved.
+        ConfigError: a bad setting; ValueError: unusable data; RuntimeError: a backbone that
+        moved; `cli.Interrupted`: SIGINT / SIGTERM (a checkpoint was saved: rerun to resume).
     """
     import time
 
-    from simsiam_keras import data, monitors, report
-    from simsiam_keras.config import ConfigError
+    from simsiam_keras import data, distribute, linear_official, report
+    from simsiam_keras.config import ConfigError, validate
 
-    c = config
-    keras.utils.set_random_seed(c.seed)
-    backbone, size, train, val = load_evaluation(c)
-    if train.size < c.batch_size:
-        raise ConfigError(f"{train.name} has {train.size} images, fewer than one batch ({{}}).",
-                          "batch_size")  # fmt: skip
+    c = validate(config)
     workdir = c.workdir or default_workdir(c.pretrained)
+    strategy, replicas = distribute.start(c.strategy, c.mixed_precision, c.batch_size)
+    keras.utils.set_random_seed(c.seed)
+    if c.deterministic:
+        distribute.deterministic_kernels()
+    with distribute.scope(strategy):
+        backbone, size, train, val = load_evaluation(c)
+        if train.size < c.batch_size:
+            raise ConfigError(f"{train.name} has {train.size} images, fewer than one batch "
+                              "({}).", "batch_size")  # fmt: skip
+        backbone = with_global_policy(backbone)
+        keras.utils.set_random_seed(c.seed)  # the same linear layer whatever loading drew
+        model = LinearClassifier(backbone, train.num_classes)
+        model(np.zeros((1, size, size, 3), "float32"))  # builds the linear layer
     protocol = c.protocol
     if protocol == "auto":
         protocol = "features" if train.size <= FEATURES_MAX_IMAGES else "official"
-    model = LinearClassifier(backbone, train.num_classes)
-    val_ds = data.labeled_dataset(val, c.batch_size, size)
-    model(next(iter(val_ds))[0][:1])  # build the linear layer before the snapshot
     before = snapshot(backbone)
     start = time.time()
     history = None
     if protocol == "features":
-        train_ds = data.labeled_dataset(train, c.batch_size, size)
+        train_ds, val_ds = (data.labeled_dataset(s, c.batch_size, size) for s in (train, val))
         fit = fit_on_features(model, train_ds, val_ds, c.l2, progress_every_s=c.progress_every_s)
         results = {"val_top1": fit["top1"], "val_top5": fit["top5"], "best_val_top1": fit["top1"],
                    "train_top1": fit["train_top1"], "iterations": fit["iterations"],
                    "l2": c.l2}  # fmt: skip
     else:
-        steps = min(train.size // c.batch_size, c.steps_per_epoch or train.size)
-        train_ds = data.labeled_dataset(train, c.batch_size, size, train=True, seed=c.seed,
-                                        repeat=True)  # fmt: skip
-        model.compile(
-            optimizer=linear_optimizer(
-                c.optimizer, c.batch_size, c.epochs, steps, c.base_lr, c.weight_decay
-            ),  # fmt: skip
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[
-                keras.metrics.SparseCategoricalAccuracy(name="top1"),
-                keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
-            ],
-        )
-        progress = monitors.TrainingProgress(c.epochs, steps, c.batch_size, c.progress_every_s,
-                                             shown=("loss", "top1"), unit="images/s")  # fmt: skip
-        history = model.fit(
-            train_ds, epochs=c.epochs, steps_per_epoch=steps, validation_data=val_ds, verbose=0,
-            shuffle=False, callbacks=[progress],
-            # Without it Keras warns "Your input ran out of data" at the end of each validation.
-            validation_steps=-(-val.size // c.batch_size),
-        ).history  # fmt: skip
+        resolved = dataclasses.replace(c, protocol=protocol)  # "auto" keys the same run
+        history = linear_official.train(resolved, model, train, val, size, strategy, workdir,
+                                        fingerprint(backbone), log)  # fmt: skip
+    check_unchanged(backbone, before)  # raises if the frozen backbone moved
+    if not distribute.is_chief():  # the chief reports and writes
+        return {"protocol": protocol, "chief": False, "backbone_unchanged": True}
+    if history is not None:
         val_top1 = [100 * v for v in history["val_top1"]]
         results = {"val_top1": val_top1[-1], "val_top5": 100 * history["val_top5"][-1],
                    "best_val_top1": max(val_top1), "optimizer": c.optimizer,
                    "epochs": c.epochs}  # fmt: skip
-    check_unchanged(backbone, before)  # raises if the frozen backbone moved
     results = {"pretrained": os.path.abspath(c.pretrained), "dataset": train.name,
-               "protocol": protocol, "batch_size": c.batch_size, **results,
-               "backbone_unchanged": True, "wall_s": time.time() - start}  # fmt: skip
+               "protocol": protocol, "batch_size": c.batch_size, "replicas": replicas,
+               "mixed_precision": c.mixed_precision, "backend": keras.backend.backend(),
+               **results, "backbone_unchanged": True,
+               "wall_s": time.time() - start}  # fmt: skip
     os.makedirs(workdir, exist_ok=True)
     if history is not None:
-        results["history"] = {k: [float(x) for x in v] for k, v in history.items()}
+        results["history"] = {k: [v for v in values] for k, values in history.items()
+                              if not k.endswith("_epochs")}  # fmt: skip
         report.plot_history(
             {"val_top1": [100 * v for v in history["val_top1"]], "loss": history["loss"]},
             os.path.join(workdir, "linear_eval.png"), "linear evaluation",

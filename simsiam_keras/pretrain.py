@@ -8,7 +8,6 @@ resumes from the workdir's last checkpoint when there is one, and writes into th
 backend), `summary.json` and `history.png`.
 """
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -19,10 +18,10 @@ import time
 import keras
 import numpy as np
 
-from simsiam_keras import backbones, checkpoint, cli, knn, monitors, recipe, report
-from simsiam_keras.config import ConfigError, PretrainConfig, resumable, validate
+from simsiam_keras import backbones, checkpoint, cli, distribute, knn, monitors, recipe, report
+from simsiam_keras.config import ConfigError, PretrainConfig, validate
 from simsiam_keras.device_augment import ViewAugment
-from simsiam_keras.distribute import is_chief, is_multi_worker, make_strategy
+from simsiam_keras.distribute import is_chief, is_multi_worker
 from simsiam_keras.model import SimSiam
 from simsiam_keras.optim import simsiam_optimizer
 
@@ -81,25 +80,8 @@ def check_workdir(config):
     c = config
     found = checkpoint.latest(os.path.join(c.workdir, "checkpoints"))
     path = os.path.join(c.workdir, "config.json")
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                previous = json.load(f)
-        except ValueError as e:  # a truncated or edited file
-            raise ConfigError(
-                f"{path} is not valid JSON ({e}); give a new {{}}, or restore that file.",
-                "workdir",
-            ) from None
-        mine, free = dataclasses.asdict(c), resumable(PretrainConfig)
-        differ = [k for k in mine if k not in free and k in previous and previous[k] != mine[k]]
-        if differ:
-            shown = ", ".join(f"{{}}={previous[k]!r} (now {mine[k]!r})" for k in differ)
-            raise ConfigError(
-                f"{{}} {c.workdir!r} holds a run with other settings: {shown}. Give a new "
-                "{}, or the settings of that run to resume it.",
-                "workdir", *differ, "workdir",
-            )  # fmt: skip
-    elif found:
+    checkpoint.check_saved_config(path, c)
+    if not os.path.exists(path) and found:
         raise ConfigError(f"{{}} {c.workdir!r} has checkpoints but no config.json.", "workdir")
     summary_path = os.path.join(c.workdir, "summary.json")
     if found and os.path.exists(summary_path):
@@ -128,7 +110,7 @@ def run(config, log=print):
         log(f"The run in {c.workdir!r} is finished (epochs: {c.epochs}); raise --epochs to "
             "train on, or give a new --workdir.")  # fmt: skip
         return {**finished, "already_finished": True}
-    strategy, replicas = _strategy(c)
+    strategy, replicas = distribute.start(c.strategy, c.mixed_precision, c.batch_size)
     source, steps, knn_data = _data(c, log)
     model = _model(c, strategy, steps)
     # Before a checkpoint is restored into the model.
@@ -137,7 +119,7 @@ def run(config, log=print):
     ckpt, knn_monitor, collapse, callbacks = _callbacks(c, model, source, knn_data, steps,
                                                         start_step)  # fmt: skip
     began = time.time()
-    history = _train(model, source, c, strategy, steps, start_step, ckpt, callbacks)
+    history = _train(model, source, c, strategy, steps, ckpt, callbacks)
     seconds = time.time() - began
     if ckpt.nan_message:
         raise FloatingPointError(ckpt.nan_message)
@@ -171,17 +153,6 @@ def run(config, log=print):
     return summary
 
 
-def _strategy(c):
-    """The precision policy and the distribution strategy; returns `(strategy, replicas)`."""
-    if c.mixed_precision != "none":
-        keras.mixed_precision.set_global_policy(f"mixed_{c.mixed_precision}")
-    strategy, replicas = make_strategy(c.strategy)
-    if c.batch_size % replicas:
-        raise ConfigError(f"{{}} {c.batch_size} is not divisible by {replicas} replicas.",
-                          "batch_size")  # fmt: skip
-    return strategy, replicas
-
-
 def _data(c, log):
     """The training source, its steps per epoch and the kNN monitor's datasets (or None)."""
     from simsiam_keras import data, sources  # TensorFlow (tf.data) from here on
@@ -205,8 +176,8 @@ def _model(c, strategy, steps):
     """The compiled model, seeded, built in the strategy's scope."""
     keras.utils.set_random_seed(c.seed)
     if c.deterministic:
-        _deterministic_kernels()
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        distribute.deterministic_kernels()
+    with distribute.scope(strategy):
         return build_model(c, steps, distributed=strategy is not None)
 
 
@@ -234,7 +205,7 @@ def _restore(c, model, strategy, steps, log):
     found = checkpoint.latest(os.path.join(c.workdir, "checkpoints"))
     start_step = checkpoint.read_state(found)["step"] if found else 0
     if is_multi_worker(strategy):  # before the restore: no worker may be left waiting
-        _check_same_start(strategy, start_step)
+        distribute.check_same_start(strategy, start_step)
     if found:
         checkpoint.restore(found, model)  # raises before anything is written on a mismatch
         log(f"Resuming from {found} (step {start_step} of {c.epochs * steps}).")
@@ -289,33 +260,15 @@ def _callbacks(c, model, source, knn_data, steps, start_step):
     return ckpt, knn_monitor, collapse, callbacks
 
 
-def _train(model, source, c, strategy, steps, start_step, ckpt, callbacks):
-    """`model.fit` from `start_step` to the end (a resumed run first finishes its epoch).
+def _train(model, source, c, strategy, steps, ckpt, callbacks):
+    """`model.fit` from the checkpoint's step to the end (`checkpoint.fit_from`).
 
     Returns the `History` of this process; stops early on a NaN loss or a signal.
     """
-    import threading
-
-    history, step, total = {}, start_step, c.epochs * steps
-    # Not under multi-worker training: workers signalled at different moments would stop after
-    # different steps, and the one still training would wait in a collective for ever. There a
-    # signal ends the process as usual, and the run resumes from the last periodic checkpoint.
-    graceful = threading.current_thread() is threading.main_thread()
-    graceful = graceful and not is_multi_worker(strategy)
-    signals = cli.stop_on_signals(ckpt.request_stop) if graceful else contextlib.nullcontext()
-    with signals:
-        while step < total and ckpt.nan_message is None and ckpt.stop_signal is None:
-            epoch, in_epoch = divmod(step, steps)
-            logs = model.fit(
-                train_dataset(source, c, strategy, start_batch=step), initial_epoch=epoch,
-                epochs=epoch + 1 if in_epoch else c.epochs,
-                steps_per_epoch=steps - in_epoch if in_epoch else steps, callbacks=callbacks,
-                verbose=0, shuffle=False,
-            ).history  # fmt: skip
-            for key, values in logs.items():
-                history.setdefault(key, []).extend(float(v) for v in values)
-            step = ckpt.step
-    return history
+    return checkpoint.fit_from(
+        model, lambda step: train_dataset(source, c, strategy, start_batch=step), c.epochs,
+        steps, ckpt, callbacks, graceful=not is_multi_worker(strategy),
+    )  # fmt: skip
 
 
 def _has_tensorflow():
@@ -340,24 +293,6 @@ def _final(history, csv_path):
     return {k: v for k, v in final.items() if v is not None}
 
 
-def _deterministic_kernels():
-    """Makes the backend's kernels deterministic: the same command gives the same figures.
-
-    TensorFlow's CPU kernels (oneDNN's among them) may split reductions over threads in a
-    different order from run to run; over hundreds of steps those last-bit differences grow
-    into different kNN figures. `enable_op_determinism` picks deterministic kernels instead.
-    """
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-    elif backend == "torch":
-        import torch
-
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
 class _TensorBoard(keras.callbacks.TensorBoard):
     """Keras's TensorBoard with batch points numbered by the global step, across resumes.
 
@@ -367,21 +302,6 @@ class _TensorBoard(keras.callbacks.TensorBoard):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self._global_train_batch = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-
-
-def _check_same_start(strategy, start_step):
-    """Stops every worker when they would resume from different steps (no shared workdir)."""
-    import tensorflow as tf
-
-    with strategy.scope():
-        steps = strategy.run(lambda: tf.constant([start_step], tf.int64))
-        every = sorted(set(strategy.gather(steps, axis=0).numpy().tolist()))
-    if len(every) > 1:
-        raise ConfigError(
-            f"The workers would resume from different steps {every}: {{}} must "
-            "be the same path on storage that every worker reads (only the chief writes).",
-            "workdir",
-        )
 
 
 def train_dataset(source, config, strategy=None, start_batch=0, shuffle=True):

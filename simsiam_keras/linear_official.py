@@ -1,0 +1,180 @@
+"""The official linear protocol at ImageNet scale: distributed, checkpointed, resumable.
+
+`main_lincls.py` trains the linear layer for 90 epochs at batch 4096 on 8 GPUs; an epoch of
+ImageNet is 312 steps and a run takes hours, so it gets what pretraining has:
+
+* the strategies of `--strategy` (`distribute.start`): MirroredStrategy or
+  MultiWorkerMirroredStrategy on TensorFlow, DataParallel on JAX; the backbone stays frozen
+  and in inference mode on every replica (`LinearClassifier`), so nothing about it needs
+  synchronising;
+* step checkpoints (`checkpoint.StepCheckpoint`, atomic) of the linear layer and the
+  optimizer only: the frozen backbone is reloaded from `--pretrained`, and the run's
+  directory is keyed by its weights' fingerprint and the settings (`run_directory`);
+* resume at the exact data position (the seeded, repeated pipeline from `start_batch`), so a
+  killed and rerun evaluation ends with the classifier of an uninterrupted one;
+* per-epoch history in `WORKDIR/linear_eval/history.csv` (appended across resumes), progress
+  lines within epochs, and every file written by the chief only.
+
+Layout: `WORKDIR/linear_eval/run-<key>/{config.json, history.csv, checkpoints/}`;
+`linear.run` writes `WORKDIR/linear_eval.json` and `.png` (the last evaluation's).
+"""
+
+import dataclasses
+import os
+
+import keras
+
+from simsiam_keras import checkpoint, distribute, monitors, report
+
+SUBDIR = "linear_eval"
+
+
+def run_directory(config, workdir, weights_id):
+    """`WORKDIR/linear_eval/run-<key>`: the state of the evaluation `config` describes.
+
+    The key hashes every setting that changes what is trained (not the `resumable` ones) and
+    the fingerprint of the pretrained weights, so the same command resumes its own run, while
+    other settings (SGD instead of LARS, another model in the same place) start their own
+    beside it and leave the earlier one intact.
+    """
+    import hashlib
+    import json
+
+    from simsiam_keras.config import resumable
+
+    free = resumable(type(config))
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in free}
+    settings["weights_fingerprint"] = weights_id
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return os.path.join(workdir, SUBDIR, f"run-{key}"), settings
+
+
+def _validation_dataset(source, batch_size, image_size):
+    """The validation batches, the last one padded to `batch_size` with weight-0 images.
+
+    Every batch then splits evenly over any number of replicas (JAX's DataParallel shards a
+    batch only when it divides), and the weights keep the padding out of the accuracies.
+    """
+    import tensorflow as tf
+
+    from simsiam_keras import data
+
+    def pad(images, labels):
+        n = tf.shape(images)[0]
+        missing = batch_size - n
+        images = tf.pad(images, [[0, missing], [0, 0], [0, 0], [0, 0]])
+        weights = tf.concat([tf.ones([n]), tf.zeros([missing])], 0)
+        return images, tf.pad(labels, [[0, missing]]), weights
+
+    ds = data.labeled_dataset(source, batch_size, image_size)
+    # Repeated, and read `validation_steps` = one pass at a time: Keras keeps one validation
+    # iterator for the whole `fit` when the steps are given, and a finite one ends with an
+    # uncaught StopIteration under a tf.distribute strategy (measured: keras 3.15, TF 2.21).
+    return ds.map(pad).repeat().prefetch(tf.data.AUTOTUNE)
+
+
+def _train_dataset(source, config, image_size, strategy, start_batch):
+    """The protocol's augmented training batches from global batch `start_batch` on.
+
+    Under multi-worker training each worker reads its own stride of the permutation, in
+    batches of `batch_size / replicas` (`distribute_datasets_from_function`), as pretraining.
+    """
+    from simsiam_keras import data
+
+    c = config
+
+    def batches(batch_size, input_context=None):
+        return data.labeled_dataset(
+            source, batch_size, image_size, train=True, seed=c.seed, repeat=True,
+            deterministic=c.deterministic, input_context=input_context, start_batch=start_batch,
+        )  # fmt: skip
+
+    if not distribute.is_multi_worker(strategy):
+        return batches(c.batch_size)
+    return strategy.distribute_datasets_from_function(
+        lambda context: batches(context.get_per_replica_batch_size(c.batch_size), context)
+    )
+
+
+def train(config, model, train_source, val_source, image_size, strategy, workdir, weights_id,
+          log=print):  # fmt: skip
+    """Trains `model`'s linear layer by the official protocol, resuming from `workdir`.
+
+    Args:
+        config: the `LinearConfig`.
+        model: a built `linear.LinearClassifier`, in `strategy`'s scope.
+        train_source: the labelled training `sources.Source`.
+        val_source: the labelled validation `sources.Source`.
+        image_size: the backbone's input size.
+        strategy: the `tf.distribute` strategy, or None.
+        workdir: where `linear_eval/` goes.
+        weights_id: `linear.fingerprint` of the frozen backbone (part of the run's key).
+        log: where messages go.
+
+    Returns:
+        The per-epoch history of the whole run (across resumed processes): `loss`, `top1`,
+        `top5`, `val_loss`, `val_top1`, `val_top5` as fractions.
+
+    Raises:
+        FloatingPointError: a NaN loss (the last good checkpoint is kept).
+        cli.Interrupted: SIGINT / SIGTERM; a checkpoint was saved.
+    """
+    from simsiam_keras import cli
+    from simsiam_keras.linear import linear_optimizer
+
+    c = config
+    chief = distribute.is_chief()
+    multi_worker = distribute.is_multi_worker(strategy)
+    directory, settings = run_directory(c, workdir, weights_id)
+    csv_path, ckpt_dir = (os.path.join(directory, n) for n in ("history.csv", "checkpoints"))
+    steps = min(train_source.size // c.batch_size, c.steps_per_epoch or train_source.size)
+    with distribute.scope(strategy):
+        model.compile(
+            optimizer=linear_optimizer(
+                c.optimizer, c.batch_size, c.epochs, steps, c.base_lr, c.weight_decay
+            ),  # fmt: skip
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            # Weighted: the padding of the last validation batch has weight 0.
+            weighted_metrics=[
+                keras.metrics.SparseCategoricalAccuracy(name="top1"),
+                keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
+            ],
+            # Only the float32 linear layer trains, so no loss scaling under float16.
+            auto_scale_loss=False,
+        )
+        model.optimizer.build(model.trainable_variables)
+    found = checkpoint.latest(ckpt_dir)
+    start_step = checkpoint.read_state(found)["step"] if found else 0
+    if multi_worker:  # a collective: before the restore, so that no worker is left waiting
+        distribute.check_same_start(strategy, start_step)
+    if found:
+        checkpoint.restore(found, model)
+        log(f"Resuming the linear evaluation from {found} (step {start_step} of "
+            f"{c.epochs * steps}).")  # fmt: skip
+    if chief:  # what the run is, for whoever finds the directory
+        os.makedirs(directory, exist_ok=True)
+        report.write_json(os.path.join(directory, "config.json"), settings)
+    ckpt = checkpoint.StepCheckpoint(ckpt_dir, c.checkpoint_every, steps, start_step, save=chief)
+    callbacks = [ckpt]
+    if chief:
+        callbacks.append(keras.callbacks.CSVLogger(csv_path, append=start_step > 0))
+        callbacks.append(monitors.TrainingProgress(
+            c.epochs, steps, c.batch_size, c.progress_every_s, start_step,
+            shown=("loss", "top1"), unit="images/s",
+        ))  # fmt: skip
+    val_ds = _validation_dataset(val_source, c.batch_size, image_size)
+    history = checkpoint.fit_from(
+        model, lambda step: _train_dataset(train_source, c, image_size, strategy, step),
+        c.epochs, steps, ckpt, callbacks, graceful=not multi_worker, validation_data=val_ds,
+        validation_steps=-(-val_source.size // c.batch_size),  # one pass of the repeated set
+    )  # fmt: skip
+    if ckpt.nan_message:
+        raise FloatingPointError(ckpt.nan_message)
+    if ckpt.stop_signal is not None:
+        raise cli.Interrupted(ckpt.step, ckpt.stop_signal)
+    if not chief:
+        return history
+    whole = report.read_csv_history(csv_path) or history
+    if not whole.get("val_top1"):
+        raise ValueError(f"No epoch of the linear evaluation in {workdir!r} finished.")
+    return whole

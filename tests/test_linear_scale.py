@@ -1,0 +1,126 @@
+"""The official linear protocol at scale: replicas, mixed precision, kill and resume (CLI runs).
+
+Every run is the user's command, `scripts/linear_eval.py --protocol=official`, in a subprocess:
+TensorFlow's MirroredStrategy over 2 logical CPU devices (`tests/logical_cpus.py`), JAX's
+DataParallel over 2 host devices (`XLA_FLAGS`), and a SIGKILL in the middle of a run.
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import simsiam_keras as sk
+from tests.helpers import ROOT, last_json, user_environ
+
+SCRIPT = os.path.join(ROOT, "scripts", "linear_eval.py")
+# 2 epochs of 3 steps at batch 64, a checkpoint every step, deterministic data and kernels.
+COMMON = ["--batch_size=64", "--epochs=2", "--steps_per_epoch=3", "--protocol=official",
+          "--deterministic", "--checkpoint_every=1", "--optimizer=sgd", "--base_lr=2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("pretrained") / "model.keras"
+    backbone = sk.build_resnet("resnet18_cifar", width=0.125, image_size=16)
+    sk.SimSiam(backbone, dim=32, pred_dim=8, projector_layers=2).save(path)
+    return path
+
+
+def _run(pretrained, workdir, *args, backend="tensorflow", devices=1):
+    env = user_environ(KERAS_BACKEND=backend)
+    cmd = [sys.executable, SCRIPT]
+    if backend == "tensorflow" and devices > 1:
+        cmd = [sys.executable, os.path.join(ROOT, "tests", "logical_cpus.py"), str(devices),
+               SCRIPT]  # fmt: skip
+    if backend == "jax":
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    cmd += [f"--pretrained={pretrained}", f"--workdir={workdir}", *COMMON, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+
+
+def _classifier(workdir, step=6):
+    """The linear layer (kernel, bias) of checkpoint `step` of the workdir's one evaluation."""
+    (path,) = glob.glob(os.path.join(workdir, "linear_eval", "run-*", "checkpoints",
+                                     f"ckpt-{step}", "model.weights.npz"))  # fmt: skip
+    with np.load(path) as f:
+        return [f[k] for k in sorted(f.files)]
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_two_replicas_give_the_one_device_classifier(pretrained, tmp_path, backend):
+    pytest.importorskip(backend)
+    one = _run(pretrained, tmp_path / "one", "--strategy=one_device", backend=backend)
+    two = _run(pretrained, tmp_path / "two", "--strategy=mirrored", backend=backend, devices=2)
+    for result in (one, two):
+        assert last_json(result)["protocol"] == "official"
+    saved = [json.load(open(tmp_path / w / "linear_eval.json")) for w in ("one", "two")]
+    assert [s["replicas"] for s in saved] == [1, 2]
+    assert all(s["backbone_unchanged"] and s["backend"] == backend for s in saved)
+    # The same global batch of 64 in 2 x 32: the same gradients, up to float sums.
+    single, mirrored = _classifier(tmp_path / "one"), _classifier(tmp_path / "two")
+    worst = max(np.abs(a - b).max() for a, b in zip(single, mirrored))
+    assert worst < 1e-4, worst
+    assert np.abs(single[1]).max() > 100 * worst  # the bias started at 0: the steps moved it
+    assert saved[0]["val_top1"] == pytest.approx(saved[1]["val_top1"], abs=1e-6)
+
+
+def test_mixed_precision_runs_the_backbone_in_bfloat16(pretrained, tmp_path):
+    full = _run(pretrained, tmp_path / "f32", "--strategy=one_device")
+    mixed = _run(pretrained, tmp_path / "bf16", "--mixed_precision=bfloat16")
+    for result in (full, mixed):
+        last_json(result)
+    saved = json.load(open(tmp_path / "bf16" / "linear_eval.json"))
+    assert saved["mixed_precision"] == "bfloat16" and saved["backbone_unchanged"]
+    # bfloat16 features (8 bits of mantissa): close to float32's classifier, not equal.
+    for a, b in zip(_classifier(tmp_path / "f32"), _classifier(tmp_path / "bf16")):
+        scale = np.abs(a).max()
+        assert 0 < np.abs(a - b).max() < 0.1 * scale
+
+
+def _kill_at_checkpoint(cmd, latest, names, env, timeout=300):
+    """Starts `cmd` and SIGKILLs it once `latest` names one of `names`; returns whether it did."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline, hit = time.time() + timeout, False
+    while time.time() < deadline and proc.poll() is None and not hit:
+        paths = glob.glob(latest)
+        hit = bool(paths) and open(paths[0]).read().strip() in names
+    proc.kill()
+    proc.wait()
+    return hit
+
+
+def test_sigkill_then_rerun_gives_the_uninterrupted_classifier(pretrained, tmp_path):
+    straight = tmp_path / "straight"
+    expected = last_json(_run(pretrained, straight))
+    final = _classifier(straight)
+    for attempt in range(3):  # the run can finish before the kill lands: try again
+        work = tmp_path / f"killed{attempt}"
+        latest = os.path.join(work, "linear_eval", "run-*", "checkpoints", "latest")
+        cmd = [sys.executable, SCRIPT, f"--pretrained={pretrained}", f"--workdir={work}", *COMMON]
+        if _kill_at_checkpoint(cmd, latest, ("ckpt-2", "ckpt-4"), user_environ()):
+            if not os.path.exists(os.path.join(work, "linear_eval.json")):
+                break
+    else:
+        pytest.fail("three kills all missed the run")
+    killed_at = open(glob.glob(latest)[0]).read().strip()
+    resumed = _run(pretrained, work)
+    assert "Resuming the linear evaluation from" in resumed.stdout, resumed.stdout[-2000:]
+    assert last_json(resumed)["val_top1"] == pytest.approx(expected["val_top1"], abs=1e-6)
+    for a, b in zip(final, _classifier(work)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=killed_at)
+    # Other settings in the same workdir: a run of their own beside it; the first is kept.
+    other = _run(pretrained, work, "--base_lr=1")
+    last_json(other)
+    assert len(glob.glob(os.path.join(work, "linear_eval", "run-*"))) == 2
+    # The finished run again: nothing to train, the same numbers.
+    again = last_json(_run(pretrained, work))
+    assert again["val_top1"] == pytest.approx(expected["val_top1"], abs=1e-6)
