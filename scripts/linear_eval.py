@@ -13,6 +13,11 @@ LARS's small steps would not get anywhere in a small run. At the end, the check 
 backbone weight or BN statistic changed. Without --flagfile the defaults are the quickstart's
 (the embedded digits, --protocol=auto); with one, the paper's. Writes `linear_eval.json` and
 `linear_eval.png` into `--workdir`; the last printed line is one JSON object.
+
+At ImageNet scale: `--strategy` and `--mixed_precision` as in pretraining (the linear layer
+stays float32); the official protocol checkpoints every `--checkpoint_every` steps into
+`WORKDIR/linear_eval/run-<key>/` and the same command, rerun after a crash or Ctrl-C, resumes
+at the exact batch (simsiam_keras/linear_official.py).
 """
 
 from simsiam_keras import commands

@@ -60,6 +60,8 @@ def _linear_eval(argv):
 
     results = linear.run(config.from_flags(config.LinearConfig))
     keys = ("protocol", "val_top1", "val_top5", "best_val_top1", "epochs")
+    if results.get("chief") is False:  # a multi-worker run's other workers: the chief reports
+        keys = ("protocol", "chief")
     print(report.json_line({"what": "linear_eval", **{k: results.get(k) for k in keys}}))
 
 

@@ -179,10 +179,10 @@ class EvaluationData:
 
     pretrained: str | None = setting(
         None, "A .keras SimSiam/backbone file, an exported SavedModel or a pretraining workdir.",
-        "exists",
+        "exists", resumable=True,  # a resumed evaluation checks the weights, not the path
     )  # fmt: skip
     dataset: str = setting("imagenet2012", "'digits' (embedded) or a TFDS name.")
-    data_dir: str | None = setting(None, "TFDS data directory.")
+    data_dir: str | None = setting(None, "TFDS data directory.", resumable=True)
     train_dir: str | None = setting(
         None, "Labelled image folder <class>/<image>: the training split (the kNN memory).", "dir"
     )
@@ -206,8 +206,11 @@ class EvaluationData:
 class LinearConfig(EvaluationData):
     """A linear evaluation. Defaults: the paper's ImageNet protocol (App. A)."""
 
-    workdir: str | None = setting(None, "Where results go (default: beside --pretrained).")
-    batch_size: int = setting(4096, "Global batch size.", "positive")
+    workdir: str | None = setting(
+        None, "Where results go (default: beside --pretrained); --protocol=official keeps its "
+        "checkpoints in WORKDIR/linear_eval/ and resumes from them.", resumable=True,
+    )  # fmt: skip
+    batch_size: int = setting(4096, "Global batch size (all replicas).", "positive")
     epochs: int = setting(90, "Epochs of the official protocol.", "positive")
     protocol: str = setting(
         "official",
@@ -223,12 +226,27 @@ class LinearConfig(EvaluationData):
     steps_per_epoch: int | None = setting(None, "Cap on steps per epoch (smoke runs).",
                                           "positive")  # fmt: skip
     seed: int = setting(0, "Seed.")
+    strategy: str = setting(
+        "auto",
+        "As pretraining's: auto, one_device, mirrored (tf MirroredStrategy, JAX DataParallel) "
+        "or multi_worker (tf, from TF_CONFIG; the chief writes).",
+        choices=STRATEGIES, resumable=True,
+    )  # fmt: skip
+    mixed_precision: str = setting(
+        "none", "Compute precision of the frozen backbone (the linear layer stays float32).",
+        choices=PRECISIONS,
+    )  # fmt: skip
+    checkpoint_every: int = setting(
+        1000, "--protocol=official: steps between checkpoints.", "positive", resumable=True
+    )
+    deterministic: bool = setting(False, "Fixed data order and kernels for the seed.")
     l2: float = setting(
         1.0, "--protocol=features: inverse L2 strength on standardised features.", "positive"
     )
     progress_every_s: float = setting(
-        30.0, "Seconds between progress lines when not on a terminal.", "non_negative"
-    )
+        30.0, "Seconds between progress lines when not on a terminal.", "non_negative",
+        resumable=True,
+    )  # fmt: skip
 
     QUICKSTART: typing.ClassVar[dict] = {
         "dataset": "digits", "batch_size": 256, "epochs": 10, "protocol": "auto",
@@ -248,8 +266,27 @@ class KnnConfig(EvaluationData):
     batch_size: int = setting(256, "Feature batch size.", "positive")
     k: int = setting(200, "Neighbours.", "positive")
     temperature: float = setting(0.2, "Vote temperature.", "positive")
+    feature_dtype: str = setting(
+        "float16",
+        "How the features are stored: float16 (half of float32; similarities are computed in "
+        "float32) or float32 (docs/knn_memory.md).",
+        choices=("float16", "float32"),
+    )  # fmt: skip
+    memory_dir: str | None = setting(
+        None, "Keep the memory (train features) on disk, one .npy file per chunk, in a "
+        "temporary folder inside this existing folder, removed at the end (default: in RAM).",
+    )  # fmt: skip
+    chunk_rows: int = setting(
+        8192, "Memory rows per chunk: per file, and per similarity block.", "positive"
+    )
 
     QUICKSTART: typing.ClassVar[dict] = {"dataset": "digits"}
+
+    def check(self):
+        """The evaluation's checks, and a memory folder that exists."""
+        super().check()
+        if self.memory_dir and not os.path.isdir(self.memory_dir):
+            raise ConfigError(f"{{}}: folder not found: {self.memory_dir!r}", "memory_dir")
 
 
 def validate(config):

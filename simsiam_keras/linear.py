@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from simsiam_keras import model as _model  # noqa: F401 (registers SimSiam for load_model)
-from simsiam_keras import recipe
+from simsiam_keras import recipe, workarounds
 from simsiam_keras.lars import LARS
 from simsiam_keras.optim import SGD, SimSiamSchedule
 
@@ -52,6 +52,21 @@ class LinearClassifier(keras.Model):
     def call(self, images, training=False):
         features = self.backbone(images, training=False if self.freeze_backbone else training)
         return self.fc(features)
+
+    def train_step(self, *args):
+        return workarounds.tensorflow_logs(super().train_step(*args))  # tensorflow#72388
+
+    def test_step(self, *args):
+        return workarounds.tensorflow_logs(super().test_step(*args))  # tensorflow#72388
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None and workarounds.skip_symbolic_build(self):
+            # keras-team/keras#20585: build the compiled loss and metrics from a local batch.
+            data_batch = workarounds.first_replica_batch(self, iterator)
+            with self.distribute_strategy.scope():
+                self._symbolic_build(data_batch=data_batch)
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     @property
     def checkpoint_variables(self):

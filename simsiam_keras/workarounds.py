@@ -6,6 +6,8 @@ localhost workers (the two-worker test of tests/test_distributed.py), and that t
 an upstream release fixes it, saying which workaround can then be removed.
 """
 
+import keras
+
 from simsiam_keras import distribute
 
 
@@ -34,3 +36,32 @@ def skip_symbolic_build(model):
     """
     # `_distribute_strategy`: Keras's private name for the strategy the model was built under.
     return distribute.is_multi_worker(getattr(model, "_distribute_strategy", None))
+
+
+def first_replica_batch(model, iterator):
+    """The next batch of Keras's epoch `iterator`, this worker's first replica's part of it.
+
+    For a model whose compiled loss and metrics must still be built under multi-worker
+    training: Keras would reduce the whole distributed batch to build them and fail
+    (keras-team/keras#20585); the shapes of one replica's part build them just as well.
+    """
+    import tensorflow as tf
+
+    for _, _, batches in iterator:
+        batch = next(batches)
+        break
+    local = model.distribute_strategy.experimental_local_results
+
+    def first(value):
+        return local(value)[0] if isinstance(value, tf.distribute.DistributedValues) else value
+
+    return tf.nest.map_structure(first, batch)
+
+
+def tensorflow_logs(logs):
+    """`multi_worker_logs` of a TensorFlow step's `logs` under the current strategy."""
+    if keras.backend.backend() != "tensorflow":
+        return logs
+    import tensorflow as tf
+
+    return multi_worker_logs(logs, tf.distribute.get_strategy())

@@ -146,3 +146,19 @@ def test_two_worker_cli_run_chief_writes_and_exports(tmp_path):
     assert saved["replicas"] == 2 and saved["config"]["strategy"] == "multi_worker"
     assert (work / "export" / "backbone" / "saved_model.pb").exists()
     assert checkpoint.read_state(checkpoint.latest(str(work / "checkpoints")))["step"] == 2
+    # The official linear protocol on the same two workers: the chief writes, both finish.
+    args = [f"--pretrained={work}", "--protocol=official", "--batch_size=32", "--epochs=1",
+            "--steps_per_epoch=2", "--strategy=multi_worker", "--checkpoint_every=1"]  # fmt: skip
+    script = os.path.join(ROOT, "scripts", "linear_eval.py")
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    logs = _start_workers(tmp_path, cluster, lambda index: [sys.executable, script, *args])
+    chief, other = (json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in logs)
+    assert 0 <= chief["val_top1"] <= 100 and other == {
+        "what": "linear_eval",
+        "protocol": "official",
+        "chief": False,
+    }
+    saved = json.load(open(work / "linear_eval.json"))
+    assert saved["replicas"] == 2 and saved["backbone_unchanged"]
+    (ckpts,) = (work / "linear_eval").glob("run-*/checkpoints")
+    assert checkpoint.read_state(checkpoint.latest(str(ckpts)))["step"] == 2
