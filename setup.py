@@ -17,6 +17,7 @@ setup(
             "simsiam-linear-eval=simsiam_keras.commands:linear_eval",
             "simsiam-knn-eval=simsiam_keras.commands:knn_eval",
             "simsiam-export=simsiam_keras.commands:export",
+            "simsiam-convert=simsiam_keras.commands:convert",
         ]
     },
     install_requires=[

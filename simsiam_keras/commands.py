@@ -4,6 +4,7 @@
     python scripts/linear_eval.py ...   or  simsiam-linear-eval ...   (linear.run)
     python scripts/knn_eval.py ...      or  simsiam-knn-eval ...      (knn.run)
     python scripts/export.py ...        or  simsiam-export ...        (export.run)
+    python scripts/convert_checkpoint.py ... or simsiam-convert ...   (convert)
 
 The `simsiam-*` commands are installed with the package (console entry points); the scripts
 are the same commands, documented in their docstrings (`--help`). Flags are defined when a
@@ -107,3 +108,67 @@ def export():
         print(json.dumps({"what": "export", "path": path, "image_size": size}))
 
     cli.run(main)
+
+
+def convert():
+    """Converts one checkpoint, PyTorch <-> Keras: `convert.from_torch` / `convert.to_torch`."""
+    from absl import flags
+
+    cli.quiet_logs()  # before anything imports TensorFlow
+    module = {"module_name": config.main_module_name()}  # --helpshort lists them
+    from_help = "An official .pth.tar (main_simsiam.py, main_lincls.py) or ResNet state dict."
+    flags.DEFINE_string("from_torch", None, from_help, **module)
+    to_help = "A .keras file (SimSiam, LinearClassifier, backbone) or a workdir with model.keras."
+    flags.DEFINE_string("to_torch", None, to_help, **module)
+    out_help = "The file to write: .keras (--from_torch) or .pth.tar (--to_torch)."
+    flags.DEFINE_string("output", None, out_help, required=True, **module)
+    size_help = "--from_torch: the Keras model's fixed input size (default: any size)."
+    flags.DEFINE_integer("image_size", None, size_help, lower_bound=1, **module)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing --output.", **module)
+    cli.run(_convert, tensorflow=False)
+
+
+def _convert(argv):
+    del argv
+    import dataclasses
+    import importlib.util
+    import os
+
+    from absl import flags
+
+    from simsiam_keras import convert as lib
+
+    fv = flags.FLAGS
+    if (fv.from_torch is None) == (fv.to_torch is None):
+        raise cli.UsageError("give exactly one of --from_torch and --to_torch.")
+    source, output = fv.from_torch or fv.to_torch, fv.output
+    flag = "--from_torch" if fv.from_torch else "--to_torch"
+    if fv.from_torch and not os.path.isfile(source):
+        raise cli.UsageError(f"--from_torch: no such file: {source!r}")
+    if fv.to_torch and not (
+        os.path.isfile(os.path.join(source, "model.keras"))
+        or (os.path.isfile(source) and source.endswith(".keras"))
+    ):
+        raise cli.UsageError(f"--to_torch: not a .keras file or a workdir with model.keras: "
+                             f"{source!r}")  # fmt: skip
+    if fv.from_torch and not output.endswith(".keras"):
+        raise cli.UsageError(f"--output: a Keras model file ends in .keras: {output!r}")
+    if fv.to_torch and fv.image_size is not None:
+        raise cli.UsageError("--image_size applies to --from_torch only.")
+    if os.path.exists(output) and not fv.overwrite:
+        raise cli.UsageError(f"--output exists: {output!r} (--overwrite to replace it).")
+    model_file = os.path.join(source, "model.keras") if os.path.isdir(source) else source
+    if os.path.exists(output) and os.path.samefile(output, model_file):
+        raise cli.UsageError(f"--output is what {flag} reads: {output!r}.")
+    if importlib.util.find_spec("torch") is None:
+        raise cli.UsageError(lib.TORCH_HINT)
+    cli.import_tensorflow()  # quietly, when Keras will use it
+    if fv.from_torch:
+        state, architecture = lib.load_official(source)
+        model = lib.build_keras(state, architecture, fv.image_size)
+        lib.write_atomically(output, model.save, suffix=".keras")
+    else:
+        architecture = lib.to_torch(source, output)
+    line = {"what": "convert", "direction": flag[2:], "input": os.path.abspath(source),
+            "output": os.path.abspath(output), **dataclasses.asdict(architecture)}  # fmt: skip
+    print(json.dumps({k: v for k, v in line.items() if v not in (None, ())}))

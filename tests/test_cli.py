@@ -150,6 +150,7 @@ SCRIPTS_WITH_A_BAD_PATH = {
     "export": ["--workdir=/no/such/run"],
     "make_jpeg_folder": ["--src=/no/such/folder", "--out=/tmp/simsiam_never_written"],
     "benchmark": ["pipeline", "--train_dir=/no/such/folder"],
+    "convert_checkpoint": ["--from_torch=/no/such/checkpoint.pth.tar", "--output=/tmp/x.keras"],
 }
 
 
@@ -169,6 +170,7 @@ def test_every_script_fails_with_one_line_on_a_bad_path(name):
         ("simsiam-linear-eval", ["--pretrained=/no/such/model.keras"]),
         ("simsiam-knn-eval", ["--pretrained=/no/such/model.keras"]),
         ("simsiam-export", ["--workdir=/no/such/run"]),
+        ("simsiam-convert", ["--to_torch=/no/such/run", "--output=/tmp/x.pth.tar"]),
     ],
 )
 def test_the_installed_commands_are_the_scripts(command, args):
