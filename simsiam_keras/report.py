@@ -58,7 +58,8 @@ def read_csv_history(path):
     """The epochs of a `CSVLogger` file as a `plot_history` dict, across resumed runs.
 
     A resumed run appends to the file, so it holds every epoch, where the `History` of the
-    last process holds only its own. Columns that are empty or "NA" on an epoch (the kNN
+    last process holds only its own; an epoch written twice (cut short, then resumed) counts
+    once, with its last row. Columns that are empty or "NA" on an epoch (the kNN
     monitor runs every N epochs) give None there.
 
     Returns:
@@ -72,6 +73,10 @@ def read_csv_history(path):
         return None
     if not rows:
         return None
+    # An epoch cut short by Ctrl-C / SIGTERM still ends (Keras validates it and the logger
+    # writes its row); the resumed run writes that epoch again, whole: keep its last row.
+    last = {row["epoch"]: row for row in rows}
+    rows = sorted(last.values(), key=lambda row: int(row["epoch"]))
 
     def number(text):
         try:

@@ -187,10 +187,11 @@ def test_report_json_and_plot(tmp_path):
 
 
 def test_read_csv_history_spans_a_resumed_run(tmp_path):
-    # What CSVLogger writes: a first process (epochs 0-1), then a resumed one appending epoch 2;
+    # What CSVLogger writes: a first process (epochs 0-1), then a resumed one appending 1-2;
     # the kNN column is empty where the monitor did not run.
     path = tmp_path / "history.csv"
-    path.write_text("epoch,knn_top1,loss\n0,20.5,-0.1\n1,NA,-0.4\n2,41.0,-0.6\n")
+    # Epoch 1 was cut short by Ctrl-C (its row: -0.3), then written whole by the resumed run.
+    path.write_text("epoch,knn_top1,loss\n0,20.5,-0.1\n1,NA,-0.3\n1,NA,-0.4\n2,41.0,-0.6\n")
     history = report.read_csv_history(str(path))
     assert history["loss"] == [-0.1, -0.4, -0.6] and history["loss_epochs"] == [1, 2, 3]
     assert history["knn_top1"] == [20.5, None, 41.0]
