@@ -19,6 +19,8 @@ _HOMES = {
     "build_predictor": "heads",
     "build_projector": "heads",
     "extract_features": "knn",
+    "extract_bank": "knn",
+    "FeatureBank": "feature_bank",
     "knn_accuracy": "knn",
     "knn_predict": "knn",
     "LARS": "lars",

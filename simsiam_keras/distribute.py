@@ -14,7 +14,8 @@ keras 3.15 / TF 2.21 with two localhost workers (tests/test_distributed.py): `Si
 reshapes its logs and skips Keras's symbolic build (`workarounds.py`), and inference for the
 monitors goes through `local_predict`, because `predict_on_batch` under
 MultiWorkerMirroredStrategy gathers every worker's outputs (8 images in, 16 rows out with two
-workers) and is a collective that every worker must join.
+workers) and is a collective that every worker must join, and under a one-worker
+MirroredStrategy runs the whole batch on every replica.
 """
 
 import contextlib
@@ -23,6 +24,7 @@ import os
 import weakref
 
 import keras
+import numpy as np
 
 from simsiam_keras.config import STRATEGIES, ConfigError
 
@@ -203,20 +205,50 @@ def is_multi_worker(strategy):
 
 
 def local_predict(model):
-    """A function `images -> outputs` running `model` in inference mode on this worker only.
+    """A function `images -> outputs` running `model` in inference mode, each image once.
 
-    `predict_on_batch` (compiled, no autograd) except under multi-worker training, where it
-    would gather all workers' outputs; there a `tf.function` of the plain call, which reads the
-    local copy of each variable and starts no collective.
+    - No strategy, or one replica: `predict_on_batch` (compiled, no autograd).
+    - Multi-worker training: `predict_on_batch` would gather all workers' outputs and is a
+      collective; instead a `tf.function` of the plain call, which reads the local copy of
+      each variable and starts no collective (this worker's images only).
+    - One worker with several replicas (MirroredStrategy): `predict_on_batch` of a plain array
+      runs the whole batch on every replica and returns the copies (keras 3.15: 4 images in,
+      8 rows out on 2 replicas); instead each batch is split over the replicas.
+
+    Inference is per image, so outputs do not depend on the split (BN in inference mode).
     """
     strategy = getattr(model, "_distribute_strategy", None)
-    if not is_multi_worker(strategy):
+    replicas = getattr(strategy, "num_replicas_in_sync", 1)
+    if strategy is None or (replicas == 1 and not is_multi_worker(strategy)):
         return model.predict_on_batch
     import tensorflow as tf
 
     call = _LOCAL_CALLS.get(model)
     if call is None:  # one traced function per model, reused by every evaluation
         ref = weakref.ref(model)  # the cache must not keep the model alive
-        call = tf.function(lambda images: ref()(images, training=False), reduce_retracing=True)
+        if is_multi_worker(strategy):
+            call = tf.function(lambda images: ref()(images, training=False), reduce_retracing=True)
+        else:
+
+            def call(values):
+                return strategy.run(lambda images: ref()(images, training=False), args=(values,))
+
+            call = tf.function(call, reduce_retracing=True)
         _LOCAL_CALLS[model] = call
-    return lambda images: call(tf.convert_to_tensor(images, tf.float32))
+    if is_multi_worker(strategy):
+        return lambda images: call(tf.convert_to_tensor(images, tf.float32))
+
+    def split_over_replicas(images):
+        images = np.asarray(images, np.float32)
+        # Equal parts, the last image repeated to fill them: a replica given no image fails
+        # (TF 2.21 CPU), and equal shapes trace once. The copies are dropped.
+        padding = -len(images) % replicas
+        images = np.concatenate([images, np.repeat(images[-1:], padding, axis=0)])
+        parts = np.split(images, replicas)
+        values = strategy.experimental_distribute_values_from_function(
+            lambda context: parts[context.replica_id_in_sync_group]
+        )
+        outputs = strategy.experimental_local_results(call(values))
+        return np.concatenate([np.asarray(output) for output in outputs])[: len(images) - padding]
+
+    return split_over_replicas

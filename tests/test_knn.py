@@ -1,10 +1,17 @@
 """The weighted kNN classifier vs a brute-force NumPy reference and on data of known accuracy."""
 
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
 
-from simsiam_keras import knn
+from simsiam_keras import config, knn
+from tests.helpers import ROOT
 
 
 def _normalize(x):
@@ -12,10 +19,13 @@ def _normalize(x):
 
 
 def _reference_scores(train, train_labels, query, num_classes, k, temperature):
-    """InstDisc's kNN written the obvious way: full similarity matrix, full sort, one-hot votes."""
-    sim = _normalize(query).astype(np.float64) @ _normalize(train).astype(np.float64).T
+    """InstDisc's kNN written the obvious way: full similarity matrix, full sort, one-hot votes.
+
+    In float64; a stable sort, so that equal similarities go to the lower memory index.
+    """
+    sim = _normalize(query.astype(np.float64)) @ _normalize(train.astype(np.float64)).T
     k = min(k, len(train))
-    top = np.argsort(-sim, axis=1)[:, :k]
+    top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
     weights = np.exp(np.take_along_axis(sim, top, axis=1) / temperature)
     one_hot = np.eye(num_classes)[train_labels[top]]  # [M, k, classes]
     return np.sum(one_hot * weights[..., None], axis=1)
@@ -131,6 +141,96 @@ def test_knn_predict_rejects_bad_arguments(kwargs, match):
         )
 
 
+def _half_grid(rng, n, dim=8):
+    """Unit vectors with four entries of +-0.5: every cosine similarity is a multiple of 0.25,
+    exact in float16 and in any float32 summation order, so that exact ties abound."""
+    x = np.zeros((n, dim), np.float32)
+    columns = np.argsort(rng.random((n, dim)), axis=1)[:, :4]
+    np.put_along_axis(x, columns, rng.choice([-0.5, 0.5], (n, 4)), axis=1)
+    return x
+
+
+def _assert_same_classes(scores, expected):
+    """The same argmax wherever the reference's best class wins by more than rounding."""
+    top2 = np.sort(expected, axis=1)[:, -2:]
+    clear = top2[:, 1] > top2[:, 0] * (1 + 1e-6)
+    assert clear.mean() > 0.5
+    np.testing.assert_array_equal(scores.argmax(-1)[clear], expected.argmax(-1)[clear])
+
+
+@pytest.mark.multibackend
+@pytest.mark.parametrize("storage", ["array", "float32", "float16", "float16_on_disk"])
+@pytest.mark.parametrize("data", ["random", "ties"])
+def test_chunked_memory_matches_brute_force(tmp_path, storage, data):
+    rng = np.random.default_rng(10)
+    if data == "ties":
+        train, query = _half_grid(rng, 300), _half_grid(rng, 70)
+    else:
+        train, query = (rng.normal(size=(n, 16)).astype(np.float32) for n in (300, 70))
+    labels = rng.integers(0, 7, 300)
+    dtype, _, where = storage.partition("_on_")
+    with knn.FeatureBank(
+        "float32" if dtype == "array" else dtype, str(tmp_path) if where else None, chunk_rows=64
+    ) as bank:
+        for start in range(0, 300, 50):  # batches that straddle the chunks
+            bank.append(train[start : start + 50], labels[start : start + 50])
+        chunks = list(bank.chunks())
+        assert [len(f) for f, _ in chunks] == [64, 64, 64, 64, 44]  # the last one uneven
+        stored = np.concatenate([f for f, _ in chunks])
+        assert stored.dtype == ("float32" if dtype == "array" else dtype)
+        np.testing.assert_array_equal(np.concatenate([y for _, y in chunks]), labels)
+        np.testing.assert_allclose(stored, _normalize(train), atol=1e-3)
+        if where:
+            files = sorted(os.listdir(bank.path))
+            assert files == [f"chunk_{i:05d}.npy" for i in range(5)]
+            assert os.path.dirname(bank.path) == str(tmp_path)
+        # float32: against the original features; float16: against the stored, rounded ones.
+        reference = stored if dtype == "float16" else train
+        for k in (5, 100, 1000):  # 100 > a chunk; 1000 > the memory: clamped
+            if dtype == "array":
+                args = (train, labels, query, 7, k, 0.2, 32)
+                scores = knn.knn_predict(*args, chunk_rows=64)
+            else:
+                scores = knn.knn_predict(bank, None, query, 7, k=k, chunk_size=32)
+            expected = _reference_scores(reference, labels, query, 7, k, 0.2)
+            np.testing.assert_allclose(scores, expected, rtol=1e-5)
+            _assert_same_classes(scores, expected)
+    assert os.listdir(tmp_path) == []  # close() removed the bank's folder
+    with pytest.raises(ValueError, match="closed"):
+        list(bank.chunks())
+
+
+@pytest.mark.multibackend
+def test_the_chunking_does_not_change_the_answer_with_ties():
+    rng = np.random.default_rng(11)
+    train, query, labels = _half_grid(rng, 200), _half_grid(rng, 40), rng.integers(0, 5, 200)
+    results = [
+        knn.knn_predict(train, labels, query, 5, k=17, chunk_size=q, chunk_rows=r)
+        for q, r in [(40, 200), (7, 1), (13, 16), (40, 33)]
+    ]
+    for scores in results[1:]:
+        np.testing.assert_array_equal(scores, results[0])
+
+
+@pytest.mark.multibackend
+def test_feature_bank_checks_its_arguments(tmp_path):
+    with pytest.raises(ValueError, match="dtype"):
+        knn.FeatureBank("bfloat16")
+    with pytest.raises(ValueError, match="chunk_rows"):
+        knn.FeatureBank(chunk_rows=0)
+    with pytest.raises(ValueError, match="existing folder"):
+        knn.FeatureBank(directory=str(tmp_path / "missing"))
+    with knn.FeatureBank() as bank:
+        bank.append(np.ones((3, 4)), [0, 1, 2])
+        with pytest.raises(ValueError, match="4 channels"):
+            bank.append(np.ones((3, 5)), [0, 1, 2])
+        with pytest.raises(ValueError, match="holds its labels"):
+            knn.knn_predict(bank, [0, 1, 2], np.ones((1, 4)), 3)
+        assert len(bank) == 3 and bank.nbytes == 3 * 4 * 2 and bank.dim == 4
+    field = next(f for f in dataclasses.fields(config.KnnConfig) if f.name == "feature_dtype")
+    assert field.metadata["choices"] == knn.FEATURE_DTYPES  # --feature_dtype
+
+
 def _tiny_backbone():
     keras.utils.set_random_seed(0)
     return keras.Sequential(
@@ -203,3 +303,62 @@ def test_recalibrated_copy_averages_batch_statistics_and_leaves_the_original():
 
 def _np(x):
     return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+@pytest.mark.multibackend
+def test_backbone_knn_accuracy_with_the_memory_on_disk(tmp_path):
+    backbone = _tiny_backbone()
+    rng = np.random.default_rng(12)
+    train = (rng.normal(size=(40, 8, 8, 3)).astype(np.float32), np.arange(40) % 6)
+    val = (rng.normal(size=(12, 8, 8, 3)).astype(np.float32), np.arange(12) % 6)
+    features = [knn.extract_features(backbone, data) for data in (train, val)]
+    expected = knn.knn_accuracy(*features[0], *features[1], k=10)
+    result = knn.backbone_knn_accuracy(
+        backbone, train, val, k=10, batch_size=16, feature_dtype="float32",
+        memory_dir=str(tmp_path), chunk_rows=16,
+    )  # fmt: skip
+    assert result == pytest.approx(expected)
+    assert os.listdir(tmp_path) == []
+    broken = [(train[0][:8], train[1][:8]), (train[0][8:16],)]  # the second batch has no labels
+    with pytest.raises(ValueError, match=r"\(images, labels\)"):
+        knn.extract_bank(backbone, broken, directory=str(tmp_path), chunk_rows=4)
+    assert os.listdir(tmp_path) == []  # removed on the error too
+
+
+def test_extract_features_splits_batches_over_mirrored_replicas():
+    pytest.importorskip("tensorflow")
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", PYTHONPATH=ROOT)
+    cmd = [sys.executable, os.path.abspath(__file__)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2
+    # Batches of 4, 3 and 1 over 2 replicas: uneven splits and a replica without an image.
+    for batch_size, (rows, error, labels_equal) in report["batches"].items():
+        assert rows == 11 and labels_equal, batch_size
+        assert error < 1e-5, batch_size
+
+
+def _mirrored_extraction():
+    """Features of a backbone built under a 2-replica MirroredStrategy, vs a plain call."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        backbone = _tiny_backbone()
+    rng = np.random.default_rng(13)
+    images = rng.normal(size=(11, 8, 8, 3)).astype(np.float32)
+    labels = np.arange(11) % 3
+    expected = _normalize(_np(backbone(images, training=False)))
+    batches = {}
+    for batch_size in (4, 3, 1):
+        features, out = knn.extract_features(backbone, (images, labels), batch_size=batch_size)
+        error = float(np.abs(features - expected).max()) if features.shape == (11, 6) else 1.0
+        batches[batch_size] = (len(features), error, bool(np.array_equal(out, labels)))
+    return {"replicas": strategy.num_replicas_in_sync, "batches": batches}
+
+
+if __name__ == "__main__":  # the MirroredStrategy check, in its own process (see its test)
+    print(json.dumps(_mirrored_extraction()))
