@@ -29,43 +29,6 @@ def _to_numpy(variables):
     return {f"{i:05d}": np.asarray(keras.ops.convert_to_numpy(v)) for i, v in enumerate(variables)}
 
 
-def check_saved_config(path, config, extra=None):
-    """Raises `ConfigError` when the run saved at `path` (a config.json) has other settings.
-
-    The settings that may change between the processes of one run (`config.resumable`) are
-    not compared; the others, and `extra` (values the config does not hold, such as a
-    fingerprint of the weights a run starts from), must equal the saved ones. A missing file
-    passes.
-
-    Args:
-        path: the run's `config.json`.
-        config: the new run's config dataclass.
-        extra: more `{name: value}` to compare.
-    """
-    import dataclasses
-
-    from simsiam_keras.config import ConfigError, resumable
-
-    if not os.path.exists(path):
-        return
-    try:
-        with open(path) as f:
-            previous = json.load(f)
-    except ValueError as e:  # a truncated or edited file
-        raise ConfigError(
-            f"{path} is not valid JSON ({e}); give a new {{}}, or restore that file.", "workdir"
-        ) from None
-    mine, free = {**dataclasses.asdict(config), **(extra or {})}, resumable(type(config))
-    differ = [k for k in mine if k not in free and k in previous and previous[k] != mine[k]]
-    if differ:
-        shown = ", ".join(f"{{}}={previous[k]!r} (now {mine[k]!r})" for k in differ)
-        raise ConfigError(
-            f"{{}} {getattr(config, 'workdir', None)!r} holds a run with other settings: {shown}. "
-            "Give a new {}, or the settings of that run to resume it.",
-            "workdir", *differ, "workdir",
-        )  # fmt: skip
-
-
 def model_variables(model):
     """The variables of `model` a checkpoint holds: `model.checkpoint_variables`, else all."""
     return getattr(model, "checkpoint_variables", None) or model.variables

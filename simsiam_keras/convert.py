@@ -44,7 +44,8 @@ _RESNETS = {
     (3, 4, 23, 3, True): "resnet101",
     (3, 8, 36, 3, True): "resnet152",
 }
-_TORCH_PARAM = {
+# A Keras variable name -> the PyTorch parameter or buffer name of the same tensor.
+KERAS_TO_TORCH = {
     "kernel": "weight",
     "gamma": "weight",
     "beta": "bias",
@@ -378,7 +379,7 @@ def build_keras(state, architecture, image_size=None):
     for layer, prefix in layers:
         module = prefix + _torch_module(layer.name)
         for variable in layer.weights:
-            values[f"{module}.{_TORCH_PARAM[variable.name]}"] = variable
+            values[f"{module}.{KERAS_TO_TORCH[variable.name]}"] = variable
     bias, mean = _fold_keys(a) if a.kind == "simsiam" else (None, None)
     missing = sorted(set(values) - set(state))
     unexpected = sorted(set(state) - set(values) - {bias} - set(a.ignored))
@@ -467,7 +468,7 @@ def torch_state_dict(model):
         module = prefix + _torch_module(layer.name)
         for variable in layer.weights:
             array = np.asarray(keras.ops.convert_to_numpy(variable), np.float32)
-            state[f"{module}.{_TORCH_PARAM[variable.name]}"] = _to_torch_layout(array)
+            state[f"{module}.{KERAS_TO_TORCH[variable.name]}"] = _to_torch_layout(array)
         if isinstance(layer, keras.layers.BatchNormalization):
             if layer.epsilon != 1e-5:
                 raise ValueError(f"{layer.name!r} has epsilon {layer.epsilon}; PyTorch's is 1e-5")

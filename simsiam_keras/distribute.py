@@ -131,6 +131,21 @@ def deterministic_kernels():
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def per_worker_dataset(strategy, batch_size, make):
+    """The training batches for `strategy`: `make(batch_size, input_context)` once or per worker.
+
+    Under multi-worker training each worker builds its own pipeline, which reads its own
+    stride of the data in batches of `batch_size / replicas`
+    (`distribute_datasets_from_function`); otherwise one pipeline of global batches
+    (`input_context` None), which a MirroredStrategy splits over its replicas.
+    """
+    if not is_multi_worker(strategy):
+        return make(batch_size, None)
+    return strategy.distribute_datasets_from_function(
+        lambda context: make(context.get_per_replica_batch_size(batch_size), context)
+    )
+
+
 def check_same_start(strategy, start_step):
     """Stops every worker when they would resume from different steps (no shared workdir).
 

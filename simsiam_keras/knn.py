@@ -257,6 +257,9 @@ def _nearest(memory, blocks, k):
         chunk = l2_normalize(features)  # float32, re-normalised after the float16 rounding
         del features  # as stored; released, like `chunk` below, before the next chunk is read
         for i, block in enumerate(blocks):
+            # Normalised again for every chunk rather than held as float32 copies: that would
+            # double the queries' memory to save ~5 % of the block's matmul time (measured,
+            # [1024, 2048] float16 block vs its product with an [8192, 2048] chunk, 2-core CPU).
             sims = l2_normalize(block) @ chunk.T  # [Q, R]
             best[i] = _merge(best[i], _chunk_top_k(sims, labels, k), k)
         del chunk

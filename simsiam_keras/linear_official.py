@@ -77,23 +77,19 @@ def _train_dataset(source, config, image_size, strategy, start_batch):
     """The protocol's augmented training batches from global batch `start_batch` on.
 
     Under multi-worker training each worker reads its own stride of the permutation, in
-    batches of `batch_size / replicas` (`distribute_datasets_from_function`), as pretraining.
+    batches of `batch_size / replicas` (`distribute.per_worker_dataset`), as pretraining.
     """
     from simsiam_keras import data
 
     c = config
 
-    def batches(batch_size, input_context=None):
+    def batches(batch_size, input_context):
         return data.labeled_dataset(
             source, batch_size, image_size, train=True, seed=c.seed, repeat=True,
             deterministic=c.deterministic, input_context=input_context, start_batch=start_batch,
         )  # fmt: skip
 
-    if not distribute.is_multi_worker(strategy):
-        return batches(c.batch_size)
-    return strategy.distribute_datasets_from_function(
-        lambda context: batches(context.get_per_replica_batch_size(c.batch_size), context)
-    )
+    return distribute.per_worker_dataset(strategy, c.batch_size, batches)
 
 
 def train(config, model, train_source, val_source, image_size, strategy, workdir, weights_id,

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from simsiam_keras import backbones, checkpoint, cli, distribute, knn, monitors, recipe, report
-from simsiam_keras.config import ConfigError, PretrainConfig, validate
+from simsiam_keras.config import ConfigError, PretrainConfig, resumable, validate
 from simsiam_keras.device_augment import ViewAugment
 from simsiam_keras.distribute import is_chief, is_multi_worker
 from simsiam_keras.model import SimSiam
@@ -80,8 +80,25 @@ def check_workdir(config):
     c = config
     found = checkpoint.latest(os.path.join(c.workdir, "checkpoints"))
     path = os.path.join(c.workdir, "config.json")
-    checkpoint.check_saved_config(path, c)
-    if not os.path.exists(path) and found:
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                previous = json.load(f)
+        except ValueError as e:  # a truncated or edited file
+            raise ConfigError(
+                f"{path} is not valid JSON ({e}); give a new {{}}, or restore that file.",
+                "workdir",
+            ) from None
+        mine, free = dataclasses.asdict(c), resumable(PretrainConfig)
+        differ = [k for k in mine if k not in free and k in previous and previous[k] != mine[k]]
+        if differ:
+            shown = ", ".join(f"{{}}={previous[k]!r} (now {mine[k]!r})" for k in differ)
+            raise ConfigError(
+                f"{{}} {c.workdir!r} holds a run with other settings: {shown}. Give a new "
+                "{}, or the settings of that run to resume it.",
+                "workdir", *differ, "workdir",
+            )  # fmt: skip
+    elif found:
         raise ConfigError(f"{{}} {c.workdir!r} has checkpoints but no config.json.", "workdir")
     summary_path = os.path.join(c.workdir, "summary.json")
     if found and os.path.exists(summary_path):
@@ -307,9 +324,9 @@ class _TensorBoard(keras.callbacks.TensorBoard):
 def train_dataset(source, config, strategy=None, start_batch=0, shuffle=True):
     """The repeated two-view batches of `config` from batch `start_batch` on.
 
-    Under multi-worker training each worker reads its own shard of `source`
-    (`distribute_datasets_from_function`), in batches of `batch_size / replicas`; otherwise
-    one pipeline yields global batches, which a MirroredStrategy splits over its replicas.
+    Under multi-worker training each worker reads its own shard of `source`, in batches of
+    `batch_size / replicas`; otherwise one pipeline yields global batches, which a
+    MirroredStrategy splits over its replicas (`distribute.per_worker_dataset`).
     `shuffle=False` keeps the source order (worker w of n then reads images w, w + n, ...).
     """
     from simsiam_keras import data
@@ -317,18 +334,14 @@ def train_dataset(source, config, strategy=None, start_batch=0, shuffle=True):
     c = config
     blur = c.blur if c.blur is not None else recipe.blur_by_default(c.image_size)
 
-    def views(batch_size, input_context=None):
+    def views(batch_size, input_context):
         return data.two_view_dataset(
             source, batch_size, c.image_size, blur=blur, seed=c.seed, shuffle=shuffle,
             repeat=True, deterministic=c.deterministic, input_context=input_context,
             start_batch=start_batch, augment_impl=c.augment_impl, augment_on=c.augment_on,
         )  # fmt: skip
 
-    if not is_multi_worker(strategy):
-        return views(c.batch_size)
-    return strategy.distribute_datasets_from_function(
-        lambda context: views(context.get_per_replica_batch_size(c.batch_size), context)
-    )
+    return distribute.per_worker_dataset(strategy, c.batch_size, views)
 
 
 def build_model(config, steps_per_epoch, distributed=False):

@@ -13,12 +13,10 @@ import sys
 
 if __name__ == "__main__":
     count, script = int(sys.argv[1]), sys.argv[2]
-    import tensorflow as tf
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tests.helpers import logical_cpus
 
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * count
-    )
+    logical_cpus(count)
     sys.argv = [script, *sys.argv[3:]]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     runpy.run_path(script, run_name="__main__")

@@ -3,15 +3,13 @@
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
 from simsiam_keras import config, knn
-from tests.helpers import ROOT
+from tests.helpers import logical_cpus, run_file_json
 
 
 def _normalize(x):
@@ -327,11 +325,7 @@ def test_backbone_knn_accuracy_with_the_memory_on_disk(tmp_path):
 
 def test_extract_features_splits_batches_over_mirrored_replicas():
     pytest.importorskip("tensorflow")
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", PYTHONPATH=ROOT)
-    cmd = [sys.executable, os.path.abspath(__file__)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_file_json(__file__, timeout=300)
     assert report["replicas"] == 2
     # Batches of 4, 3 and 1 over 2 replicas: uneven splits and a replica without an image.
     for batch_size, (rows, error, labels_equal) in report["batches"].items():
@@ -343,9 +337,7 @@ def _mirrored_extraction():
     """Features of a backbone built under a 2-replica MirroredStrategy, vs a plain call."""
     import tensorflow as tf
 
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = tf.distribute.MirroredStrategy(logical_cpus(2))
     with strategy.scope():
         backbone = _tiny_backbone()
     rng = np.random.default_rng(13)

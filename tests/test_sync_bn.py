@@ -7,9 +7,6 @@ which prints one JSON line.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -17,7 +14,7 @@ import pytest
 
 import simsiam_keras as sk
 from simsiam_keras import heads
-from tests.helpers import ROOT
+from tests.helpers import logical_cpus, run_file_json
 
 SIZE = 16
 
@@ -72,11 +69,7 @@ def test_auto_is_false_under_a_one_replica_strategy():
 
 def test_auto_is_true_under_mirrored_strategy_on_two_devices():
     pytest.importorskip("tensorflow")
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", PYTHONPATH=ROOT)
-    cmd = [sys.executable, os.path.abspath(__file__)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_file_json(__file__)
     assert report["replicas"] == 2
     for key in ("auto", "reloaded", "explicit_false"):
         _check_counts(report[key])
@@ -91,9 +84,7 @@ def test_auto_is_true_under_mirrored_strategy_on_two_devices():
 def _mirrored_report():
     import tensorflow as tf
 
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = tf.distribute.MirroredStrategy(logical_cpus(2))
     keras.utils.set_random_seed(0)
     with strategy.scope():
         auto = _tiny_simsiam()

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from simsiam_keras.convert import KERAS_TO_TORCH
+
 
 class TorchSimSiamCifar(nn.Module):
     def __init__(self, widths, dim, pred_dim):
@@ -75,20 +77,10 @@ def official_loss(p1, p2, z1, z2):
     )
 
 
-_KERAS_TO_TORCH = {
-    "kernel": "weight",
-    "gamma": "weight",
-    "beta": "bias",
-    "bias": "bias",
-    "moving_mean": "running_mean",
-    "moving_variance": "running_var",
-}
-
-
 def torch_param_for(module, keras_variable):
     """The torch tensor matching a Keras variable, and how to lay the Keras array out like it."""
     layer, attr = keras_variable.path.split("/")[-2:]
-    tensor = getattr(module.m[layer], _KERAS_TO_TORCH[attr])
+    tensor = getattr(module.m[layer], KERAS_TO_TORCH[attr])
     ndim = len(keras_variable.shape)
 
     def to_torch_layout(a):
@@ -105,7 +97,7 @@ def torch_param_for(module, keras_variable):
 def copy_keras_weights(keras_model, module):
     with torch.no_grad():
         for v in keras_model.variables:
-            if v.path.split("/")[-1] not in _KERAS_TO_TORCH:
+            if v.path.split("/")[-1] not in KERAS_TO_TORCH:
                 continue
             tensor, layout = torch_param_for(module, v)
             tensor.copy_(torch.from_numpy(layout(np.asarray(v.numpy())).copy()))
