@@ -2,7 +2,8 @@
 
 A checkpoint is a directory `WORKDIR/checkpoints/ckpt-<step>/` holding `model.weights.npz` (every
 model variable, BN statistics included), `optimizer.npz` (every optimizer variable: iteration,
-momentum buffers) and `state.json` (global step, epoch, step within the epoch). It is written
+momentum buffers), `metrics.npz` (the running means of the epoch so far) and `state.json`
+(global step, epoch, step within the epoch). It is written
 under a temporary name and renamed into place; then the `latest` file, the pointer, is replaced
 atomically (`os.replace`). A kill during a write leaves a stray temporary directory and the
 previous `latest`: the last usable checkpoint is never touched. Older checkpoints beyond `keep`
@@ -43,6 +44,7 @@ def save(directory, model, step, epoch, step_in_epoch, keep=2):
     os.makedirs(tmp)
     np.savez(os.path.join(tmp, "model.weights.npz"), **_to_numpy(model_variables(model)))
     np.savez(os.path.join(tmp, "optimizer.npz"), **_to_numpy(model.optimizer.variables))
+    np.savez(os.path.join(tmp, "metrics.npz"), **_to_numpy(model.metrics_variables))
     state = {"step": int(step), "epoch": int(epoch), "step_in_epoch": int(step_in_epoch)}
     with open(os.path.join(tmp, "state.json"), "w") as f:
         json.dump(state, f)
@@ -105,11 +107,42 @@ def restore(path, model):
                         f"the model {tuple(variable.shape)}: different model or flags."
                     )
                 variable.assign(arrays[key])
+    _restore_metrics(path, model)
     return read_state(path)
+
+
+def _restore_metrics(path, model):
+    """The running metrics of the epoch the checkpoint is inside, where they match the model.
+
+    Absent from checkpoints of earlier versions, and not comparable when the model builds its
+    compiled metrics only at its first step: then the resumed epoch's numbers are those of
+    its remaining steps.
+    """
+    file = os.path.join(path, "metrics.npz")
+    if not os.path.exists(file):
+        return
+    variables = model.metrics_variables
+    with np.load(file) as arrays:
+        keys = sorted(arrays.files)
+        if len(keys) != len(variables) or any(
+            tuple(arrays[k].shape) != tuple(v.shape) for k, v in zip(keys, variables)
+        ):
+            return
+        for key, variable in zip(keys, variables):
+            variable.assign(arrays[key])
 
 
 class StepCheckpoint(keras.callbacks.Callback):
     """Saves a checkpoint every `every_steps` optimizer steps and at every epoch end.
+
+    The save at an epoch's last step waits for `on_epoch_end`: put this callback last in
+    `callbacks`, after the monitors and the `history.HistoryLogger`, so that a checkpoint at
+    the end of an epoch is written only once that epoch's numbers (its kNN pass included) are
+    on disk. A kill before then resumes inside the epoch and computes them again.
+
+    A run resumed inside an epoch restores the epoch's running metrics (the loss and z_std
+    means, `metrics.npz` of the checkpoint) after `fit` resets them, so the epoch's logged
+    numbers are those of all its steps, as in an uninterrupted run.
 
     Stops training with a clear message, keeping the last good checkpoint, when the loss is NaN
     or infinite (the step is not saved). After `request_stop(signum)` (a signal handler calls
@@ -135,6 +168,19 @@ class StepCheckpoint(keras.callbacks.Callback):
         self.nan_message = None
         self.stop_signal = None
         self._saved_step = None
+        self._carried_metrics = None
+
+    def on_train_begin(self, logs=None):
+        # A resumed epoch: the restored running metrics, which `fit` resets at the epoch start.
+        if self.step % self.steps_per_epoch:
+            self._carried_metrics = [
+                (v, keras.ops.convert_to_numpy(v)) for v in self.model.metrics_variables
+            ]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for variable, value in self._carried_metrics or ():
+            variable.assign(value)
+        self._carried_metrics = None
 
     def request_stop(self, signum):
         """Save after the current step and stop training (safe to call from a signal handler)."""
@@ -159,7 +205,8 @@ class StepCheckpoint(keras.callbacks.Callback):
             self.model.stop_training = True
             return
         self.step += 1
-        if self.step % self.every_steps == 0 or self.stop_signal is not None:
+        at_epoch_end = self.step % self.steps_per_epoch == 0  # saved by on_epoch_end
+        if (self.step % self.every_steps == 0 or self.stop_signal is not None) and not at_epoch_end:
             self._save()
         if self.stop_signal is not None:
             self.model.stop_training = True

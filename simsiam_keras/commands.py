@@ -39,11 +39,14 @@ def _pretrain(argv):
 
     workdir = flags.FLAGS.workdir or cli.default_workdir()
     summary = pretrain.run(config.from_flags(config.PretrainConfig, workdir=workdir))
-    knn, rand = summary.get("knn_top1"), summary.get("random_init_knn_top1")
-    if knn is not None and rand is not None:
-        print(f"kNN top-1: pretrained {knn:.1f} vs random-init {rand:.1f} ({summary['train']})")
-    keys = ("train", "knn_top1", "random_init_knn_top1", "steps", "wall_s", "pairs_per_s",
-            "export")  # fmt: skip
+    knn, rand, sets = (summary.get(k) for k in ("knn_top1", "random_init_knn_top1", "knn"))
+    if knn is not None and sets:
+        versus = f" vs random-init {rand:.1f}" if rand is not None else ""
+        print(f"kNN top-1 (k={sets['k']}; memory: {sets['memory']}, {sets['memory_images']:,} "
+              f"images; queries: {sets['queries']}, {sets['query_images']:,} images): "
+              f"pretrained {knn:.1f}{versus}")  # fmt: skip
+    keys = ("train", "knn_top1", "random_init_knn_top1", "knn", "steps", "wall_s",
+            "pairs_per_s", "export")  # fmt: skip
     line = {"what": "pretrain", **{k: summary.get(k) for k in keys}}
     line["already_finished"] = bool(summary.get("already_finished"))
     print(report.json_line(line))

@@ -74,8 +74,14 @@ class PretrainConfig:
         None, "Image folder to pretrain on (selects the folder source).", check="dir"
     )
     val_dir: str | None = setting(
-        None, "Labelled image folder for the kNN monitor.", check="dir", resumable=True
-    )
+        None, "Labelled image folder: the kNN monitor's queries (default: --knn_holdout).",
+        check="dir", resumable=True,
+    )  # fmt: skip
+    knn_holdout: int | None = setting(
+        None, "Without --val_dir: images of a labelled --train_dir held out of training as the "
+        "kNN monitor's queries (default: 10% of each class, at most 10,000 in all; 0: none, "
+        "no monitor). Listed in WORKDIR/knn_holdout.txt.", "non_negative",
+    )  # fmt: skip
     backbone: str = setting("resnet50", "The encoder's backbone.", choices=BACKBONES)
     width: float = setting(1.0, "Channel width multiplier (1: the paper's networks).", "positive")
     image_size: int = setting(224, "Input height and width.", "positive")

@@ -32,6 +32,7 @@ the saved weights load on every backend.
 import json
 import numbers
 import os
+import shutil
 
 import keras
 import tensorflow as tf
@@ -134,11 +135,21 @@ def export_backbone(backbone, path, image_size, name=None, width=None):
     dim = backbones.feature_dim(backbone)
     forward, variables = _traced_forward(backbone, image_size)
     module = _ServedBackbone(forward, variables, image_size)
-    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
-    os.makedirs(os.path.join(path, "assets"), exist_ok=True)
+    # Written beside `path` and renamed into place: an interrupted export leaves the previous
+    # one (or none), never half a SavedModel.
+    path = os.path.normpath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+    os.makedirs(os.path.join(tmp, "assets"), exist_ok=True)
     meta = {"backbone": name, "width": width, "image_size": image_size, "feature_dim": dim}
-    with open(os.path.join(path, "assets", META_FILE), "w") as f:
+    with open(os.path.join(tmp, "assets", META_FILE), "w") as f:
         json.dump(meta, f, indent=2)
+    old = f"{path}.old-{os.getpid()}"
+    if os.path.exists(path):
+        os.rename(path, old)
+    os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
     return path
 
 

@@ -7,12 +7,14 @@ and need no TensorFlow, so they run on every Keras backend.
 """
 
 import math
+import time
 import warnings
 
 import keras
 import numpy as np
 
 from simsiam_keras import distribute, knn, losses, report
+from simsiam_keras.history import EpochSteps
 
 
 class CollapseWarning(UserWarning):
@@ -29,18 +31,19 @@ def _backbone_of(model, monitor):
     return backbone
 
 
-class KNNMonitor(keras.callbacks.Callback):
+class KNNMonitor(EpochSteps):
     """Weighted kNN top-1 accuracy of the backbone's features during training (InstDisc style).
 
-    At the end of the first epoch of each `fit` call, of every `every`-th epoch (epoch numbers
-    counted from 1 across resumes, so `every=10` evaluates epochs 10, 20, ...) and of the last
-    epoch, it extracts L2-normalised features of `train_data` (the memory) and `val_data` with
+    At the end of epoch 1, of every `every`-th epoch (epoch numbers counted from 1 across
+    resumes, so `every=10` evaluates epochs 1, 10, 20, ...) and of the last epoch, it extracts L2-normalised features of `train_data` (the memory) and `val_data` with
     `model.backbone` in inference mode, classifies the val features with the k = 200 nearest,
     votes weighted exp(sim / 0.2) (docs/recipe.md, "Monitors"; `knn.knn_predict`), and writes
     `logs["knn_top1"]` (percent), plus `logs["knn_top5"]` when there are more than 5 classes.
-    Other epochs carry no such key, as Keras does for `validation_freq`. The first epoch is
-    always evaluated so that `CSVLogger`, which fixes its columns at the first epoch, keeps a
-    `knn_top1` column, and so that a broken pipeline shows within one epoch.
+    Other epochs carry no such key, as Keras does for `validation_freq` (`history.HistoryLogger`
+    keeps the columns of such logs; Keras's `CSVLogger` fixes them at its first epoch). Epoch 1
+    is evaluated so that a broken pipeline shows within one epoch. Which epochs are evaluated
+    depends only on their numbers, so a resumed run evaluates the epochs an uninterrupted one
+    does.
 
     Args:
         train_data: labelled train batches `(images, labels)`: a `tf.data.Dataset`, any
@@ -53,6 +56,8 @@ class KNNMonitor(keras.callbacks.Callback):
         num_classes: number of classes; None infers `max label + 1` at each evaluation.
         batch_size: batch size when the data are array pairs.
         progress_every_s: show feature-extraction progress at this interval (None: silent).
+        epochs: the epochs of the whole run, whose last is evaluated (default: `fit`'s
+            `epochs`; give it when a run is trained in several `fit` calls).
 
     An epoch cut short by `model.stop_training` set during the epoch (an interrupt, a NaN
     loss) is not evaluated.
@@ -77,6 +82,7 @@ class KNNMonitor(keras.callbacks.Callback):
         num_classes=None,
         batch_size=256,
         progress_every_s=None,
+        epochs=None,
     ):
         super().__init__()
         if not isinstance(every, int) or isinstance(every, bool) or every <= 0:
@@ -95,12 +101,11 @@ class KNNMonitor(keras.callbacks.Callback):
         self.num_classes = num_classes
         self.batch_size = batch_size
         self.progress_every_s = progress_every_s
+        self.epochs = epochs
         self.history = []
-        self._first_epoch_of_fit = True
 
     def on_train_begin(self, logs=None):
         _backbone_of(self.model, "KNNMonitor")  # fail before the first epoch, not after it
-        self._first_epoch_of_fit = True
 
     def evaluate(self):
         """Runs the kNN evaluation now; returns `{"knn_top1": ...}` (plus `"knn_top5"`)."""
@@ -110,24 +115,20 @@ class KNNMonitor(keras.callbacks.Callback):
             self.temperature, self.batch_size, self.progress_every_s,
         )  # fmt: skip
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._stopped_before_epoch = bool(getattr(self.model, "stop_training", False))
-
     def on_epoch_end(self, epoch, logs=None):
-        if getattr(self.model, "stop_training", False) and not self._stopped_before_epoch:
+        if not self.epoch_complete():
             return  # cut short: the user is waiting for the interrupt to take effect
         number = epoch + 1
-        last = self.params is not None and number == self.params.get("epochs")
-        if not (self._first_epoch_of_fit or number % self.every == 0 or last):
+        last = number == (self.epochs or (self.params or {}).get("epochs"))
+        if not (number == 1 or number % self.every == 0 or last):
             return
-        self._first_epoch_of_fit = False
         result = self.evaluate()
         if logs is not None:
             logs.update(result)
         self.history.append((number, result["knn_top1"]))
 
 
-class CollapseMonitor(keras.callbacks.Callback):
+class CollapseMonitor(EpochSteps):
     """Warns once when the SimSiam output collapses (paper Sec. 4.1, Fig. 2).
 
     The signal is the paper's: the per-channel std of z/||z|| during training
@@ -136,7 +137,8 @@ class CollapseMonitor(keras.callbacks.Callback):
     step; at every epoch end this monitor reads its epoch mean from `logs` and, when it has
     stayed below `threshold / sqrt(dim)` for `patience` consecutive epochs, emits one
     `CollapseWarning` that names the likely causes and sets `collapsed` and `collapse_epoch`.
-    One warning per monitor instance, across `fit` calls.
+    One warning per monitor instance, across `fit` calls. An epoch cut short (an interrupt, a
+    NaN loss) is not counted.
 
     With `probe_images` it also logs `logs["probe_z_std"]`: the same statistic of a fixed
     probe batch in inference mode. That one is only reported, not used to decide: the final
@@ -224,6 +226,8 @@ class CollapseMonitor(keras.callbacks.Callback):
         return float(np.mean(keras.ops.convert_to_numpy(logs["z_std"]))), dim
 
     def on_epoch_end(self, epoch, logs=None):
+        if not self.epoch_complete():
+            return
         std, dim = self.z_std_of(logs)
         if self.probe_images is not None:
             probe_std, _ = self.probe_z_std()
@@ -259,7 +263,8 @@ class TrainingProgress(keras.callbacks.Callback):
 
     Within an epoch: steps, pairs/s, ETA of the epoch, loss and z_std, rewritten in place on a
     terminal, else one line every `every_s` seconds. At each epoch end: one line with every
-    number in the epoch logs (put it after the monitors in `callbacks` to see theirs).
+    number in the epoch logs (put it after the monitors in `callbacks` to see theirs); its
+    rate and time are those of the training steps, without the monitors' passes.
 
     Args:
         epochs: epochs of the whole run.
@@ -285,6 +290,7 @@ class TrainingProgress(keras.callbacks.Callback):
         self.in_epoch = initial_step % steps_per_epoch
         self.progress = None
         self._epoch_start = 0  # the step within the epoch this process started it at
+        self._steps_ended = None  # when the last training step ended
 
     def on_epoch_begin(self, epoch, logs=None):
         self.progress = report.Progress(
@@ -304,12 +310,15 @@ class TrainingProgress(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.in_epoch += 1
+        self._steps_ended = time.monotonic()
         if not self.progress.due():  # the common case: no device-to-host copies every step
             return
         shown = {k: v for k, v in (logs or {}).items() if k in self.shown}
         self.progress.update(self.in_epoch, self._fields(shown), self.in_epoch - self._epoch_start)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.progress.done(self.in_epoch, self._fields(logs), self.in_epoch - self._epoch_start)
+        ran = self.in_epoch - self._epoch_start
+        until = self._steps_ended if ran else None
+        self.progress.done(self.in_epoch, self._fields(logs), ran, until)
         if self.in_epoch >= self.steps_per_epoch:
             self.in_epoch = 0

@@ -5,7 +5,12 @@ batch 512, lr 0.05 x batch/256, weight decay 1e-4, 100 epochs, fix_pred_lr); the
 without a flagfile uses its `QUICKSTART` values. `run(config)` validates everything before any work,
 resumes from the workdir's last checkpoint when there is one, and writes into the workdir:
 `checkpoints/`, `history.csv`, `tensorboard/`, `model.keras`, `export/backbone` (SavedModel, TF
-backend), `summary.json` and `history.png`.
+backend), `summary.json` and `history.png`; `run.lock` while it runs (`workdir_lock`: one run
+per workdir) and, for an image folder, `knn_holdout.txt` (the images held out as kNN queries).
+
+The order of the end is what keeps the trained weights safe: the last checkpoint, then
+`model.keras`, then the export, `history.png` and `summary.json`; a failure of one of the last
+three is one line saying how to redo it, and `summary.json` is written whatever they did.
 """
 
 import dataclasses
@@ -19,9 +24,12 @@ import keras
 import numpy as np
 
 from simsiam_keras import backbones, checkpoint, cli, distribute, knn, monitors, recipe, report
+from simsiam_keras import workdir_lock
 from simsiam_keras.config import ConfigError, PretrainConfig, resumable, validate
 from simsiam_keras.device_augment import ViewAugment
 from simsiam_keras.distribute import is_chief, is_multi_worker
+from simsiam_keras.history import FILE as HISTORY_FILE
+from simsiam_keras.history import EpochHistory, HistoryLogger
 from simsiam_keras.model import SimSiam
 from simsiam_keras.optim import simsiam_optimizer
 
@@ -112,44 +120,66 @@ def check_workdir(config):
 def run(config, log=print):
     """Runs (or resumes) the pretraining described by `config`; returns the summary dict.
 
-    Every check (settings, data, the workdir's earlier run) passes before anything is written.
-    A finished run is not run again: its summary comes back with `"already_finished": True`.
-    SIGINT / SIGTERM during training save a checkpoint after the current step and raise
-    `cli.Interrupted` (the same call resumes).
+    Every check (settings, data, the workdir's earlier run, another process in the workdir)
+    passes before anything is written. A finished run is not run again: its summary comes
+    back with `"already_finished": True`. SIGINT / SIGTERM during training save a checkpoint
+    after the current step and raise `cli.Interrupted` (the same call resumes).
 
     Raises:
-        ConfigError: a bad setting, or a workdir that holds another run.
+        ConfigError: a bad setting, a workdir that holds another run or is in use.
         ValueError: data that cannot train this config (too few images, say).
     """
     c = resolve(validate(config))
+    if not is_chief():  # only the chief writes, so only the chief holds the workdir's lock
+        return _run(c, log)
+    try:
+        lock = workdir_lock.WorkdirLock(c.workdir).acquire()
+    except workdir_lock.WorkdirBusy as e:
+        raise ConfigError(f"{{}} {e}", "workdir") from None
+    try:
+        if lock.taken_over is not None:
+            log(f"Took over the workdir's lock from a run that is gone "
+                f"({workdir_lock.describe(lock.taken_over)}).")  # fmt: skip
+        return _run(c, log)
+    finally:
+        lock.release()
+
+
+def _run(c, log):
     finished = check_workdir(c)
     if finished is not None:
         log(f"The run in {c.workdir!r} is finished (epochs: {c.epochs}); raise --epochs to "
             "train on, or give a new --workdir.")  # fmt: skip
         return {**finished, "already_finished": True}
+    found = checkpoint.latest(os.path.join(c.workdir, "checkpoints"))
+    state = checkpoint.read_state(found) if found else {"step": 0, "epoch": 0}
+    # The epochs before the checkpoint's; one that the checkpoint is inside is trained again.
+    history = EpochHistory.load(os.path.join(c.workdir, HISTORY_FILE), state["epoch"])
     strategy, replicas = distribute.start(c.strategy, c.mixed_precision, c.batch_size)
-    source, steps, knn_data = _data(c, log)
+    source, steps, knn_data, holdout = _data(c, log, resuming=found is not None)
     model = _model(c, strategy, steps)
     # Before a checkpoint is restored into the model.
     random_init_knn = _random_init_knn(c, model, knn_data, log)
-    start_step = _restore(c, model, strategy, steps, log)
+    start_step = _restore(c, model, strategy, steps, found, holdout, history, log)
     ckpt, knn_monitor, collapse, callbacks = _callbacks(c, model, source, knn_data, steps,
-                                                        start_step)  # fmt: skip
+                                                        start_step, history)  # fmt: skip
     began = time.time()
-    history = _train(model, source, c, strategy, steps, ckpt, callbacks)
+    _train(model, source, c, strategy, steps, ckpt, callbacks)
     seconds = time.time() - began
     if ckpt.nan_message:
         raise FloatingPointError(ckpt.nan_message)
     if ckpt.stop_signal is not None:
         raise cli.Interrupted(ckpt.step, ckpt.stop_signal)
     final_knn = knn_monitor.history[-1][1] if knn_monitor and knn_monitor.history else None
-    if knn_data and final_knn is None:
-        final_knn = _knn(model.backbone, *knn_data, c.knn_k)
+    if knn_data and final_knn is None:  # no epoch trained here, or no monitor during training
+        final_knn = _knn(model.backbone, *knn_data.datasets, c.knn_k)
     summary = {
         "train": source.name,
+        "train_images": source.size,
         "random_init_knn_top1": random_init_knn,
-        "final": _final(history, os.path.join(c.workdir, "history.csv")),
+        "final": history.last(),
         "knn_top1": final_knn,
+        "knn": knn_data.describe(c.knn_k) if knn_data else None,
         "collapsed": collapse.collapsed,
         "config": dataclasses.asdict(c),
         "steps": ckpt.step,
@@ -166,27 +196,108 @@ def run(config, log=print):
         "python": sys.version.split()[0],
     }
     if is_chief():
-        _finish(c, model, history, summary, knn_monitor, collapse, log)
+        _finish(c, model, history, summary, log)
     return summary
 
 
-def _data(c, log):
-    """The training source, its steps per epoch and the kNN monitor's datasets (or None)."""
-    from simsiam_keras import data, sources  # TensorFlow (tf.data) from here on
+class KnnData:
+    """The kNN monitor's data: the memory (training images) and the queries, with names."""
+
+    def __init__(self, memory, queries, image_size):
+        from simsiam_keras import data
+
+        self.memory, self.queries = memory, queries
+        self.datasets = [data.labeled_dataset(s, 256, image_size) for s in (memory, queries)]
+
+    def describe(self, k):
+        """What a kNN figure of this data means, for `summary.json`."""
+        return {"memory": self.memory.name, "memory_images": self.memory.size,
+                "queries": self.queries.name, "query_images": self.queries.size,
+                "k": min(k, self.memory.size)}  # fmt: skip
+
+    def __str__(self):
+        return (f"memory {self.memory.name} ({self.memory.size:,} images), queries "
+                f"{self.queries.name} ({self.queries.size:,} images)")  # fmt: skip
+
+
+def _data(c, log, resuming):
+    """The training source, its steps per epoch, the kNN data and the held-out files.
+
+    Returns `(source, steps, KnnData or None, names)`: `names` are the files held out of an
+    image folder as kNN queries, to record in the workdir (None: nothing to record).
+    The monitor evaluates only data the user gave or chose: `--val_dir`; without it, for
+    `--train_dir`, images held out of that folder (`_hold_out`); for a dataset (the digits, a
+    TFDS name), its validation split. Never another dataset.
+    """
+    from simsiam_keras import sources  # TensorFlow (tf.data) from here on
 
     source = sources.load_source(c.dataset, "train", c.data_dir, c.train_dir, c.image_size)
+    held, holdout = None, None
+    if c.train_dir:
+        source, held, holdout = _hold_out(c, source, log, resuming)
     steps = source.size // c.batch_size
     if steps == 0:
         raise ValueError(f"{source.name} has {source.size} images, fewer than one batch.")
     steps = min(steps, c.steps_per_epoch or steps)
-    knn_data = None
-    if is_chief() and (c.knn_every or c.compare_random_init):  # other workers would only wait
-        val = sources.load_source(c.dataset, "validation", c.data_dir, c.val_dir, c.image_size)
-        if source.labeled and val.labeled:
-            knn_data = [data.labeled_dataset(s, 256, c.image_size) for s in (source, val)]
-        else:
-            log("kNN monitor off: it needs labelled train and validation data.")
-    return source, steps, knn_data
+    if not (c.knn_every or c.compare_random_init) or not is_chief():  # others would only wait
+        return source, steps, None, holdout
+    if not source.labeled:
+        log(f"kNN monitor off: {source.name} has no class subfolders (<class>/<image>), so no "
+            "labels.")  # fmt: skip
+        return source, steps, None, holdout
+    if c.val_dir:
+        queries = sources.load_source(c.dataset, "validation", c.data_dir, c.val_dir, c.image_size)
+    elif c.train_dir:
+        queries = held
+    else:
+        queries = sources.load_source(c.dataset, "validation", c.data_dir, None, c.image_size)
+    if queries is None:
+        log("kNN monitor off: this run holds out no images of --train_dir (it started "
+            "without the monitor or with --knn_holdout=0); give --val_dir for it.")  # fmt: skip
+        return source, steps, None, holdout
+    if not queries.labeled:
+        log(f"kNN monitor off: {queries.name} has no class subfolders (<class>/<image>).")
+        return source, steps, None, holdout
+    knn_data = KnnData(source, queries, c.image_size)
+    log(f"kNN monitor: {knn_data}, k={min(c.knn_k, source.size)}.")
+    return source, steps, knn_data, holdout
+
+
+HOLDOUT_FILE = "knn_holdout.txt"
+
+
+def _hold_out(c, source, log, resuming):
+    """Splits the labelled `--train_dir` into training images and kNN queries.
+
+    A new run holds out `--knn_holdout` images (default: 10% of each class, at most 10,000
+    in all; `sources.holdout_split`, seeded) when it has a kNN monitor and no `--val_dir`,
+    and none otherwise. The held-out files are recorded in `WORKDIR/knn_holdout.txt` (empty
+    when none), so a resumed run trains on the same images whatever its flags.
+
+    Returns:
+        `(training source, held-out source or None, relative paths to record or None)`.
+    """
+    from simsiam_keras import sources
+
+    path = os.path.join(c.workdir, HOLDOUT_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            names = [line.rstrip("\n") for line in f if line.strip()]
+        if not names:
+            return source, None, None
+        train, held = sources.exclude_files(source, [os.path.join(c.train_dir, n) for n in names])
+        return train, held, None
+    wanted = (c.knn_every or c.compare_random_init) and not c.val_dir and c.knn_holdout != 0
+    if resuming:  # a run started before holdouts were recorded trained on every image
+        return source, None, None
+    if not (wanted and source.labeled):
+        return source, None, []
+    train, held = sources.holdout_split(source, c.knn_holdout, c.seed)
+    names = [os.path.relpath(f, c.train_dir) for f in held.items.tolist()]
+    log(f"Holding out {held.size:,} of the {source.size:,} images of {source.name} as kNN "
+        f"queries (class-balanced, seed {c.seed}; listed in {path}); --val_dir gives other "
+        "queries, --knn_holdout=0 none.")  # fmt: skip
+    return train, held, names
 
 
 def _model(c, strategy, steps):
@@ -206,20 +317,20 @@ def _random_init_knn(c, model, knn_data, log):
     """
     if not (c.compare_random_init and knn_data):
         return None
-    baseline = knn.recalibrated_copy(model.backbone, knn_data[0])
-    top1 = _knn(baseline, *knn_data, c.knn_k)
+    baseline = knn.recalibrated_copy(model.backbone, knn_data.datasets[0])
+    top1 = _knn(baseline, *knn_data.datasets, c.knn_k)
     log(f"kNN top-1 of the random-init encoder (BN statistics recomputed on the training "
         f"images): {top1:.2f}")  # fmt: skip
     return top1
 
 
-def _restore(c, model, strategy, steps, log):
-    """Restores the workdir's last checkpoint, if any, then writes config.json; returns its step.
+def _restore(c, model, strategy, steps, found, holdout, history, log):
+    """Restores checkpoint `found`, if any, then writes config.json; returns its step.
 
-    config.json is written only now, after every check passed, and before training, so a
-    killed run's checkpoints can still be exported.
+    config.json (with `knn_holdout.txt` and a repaired or trimmed `history.csv`) is written
+    only now, after every check passed, and before training, so a killed run's checkpoints
+    can still be exported.
     """
-    found = checkpoint.latest(os.path.join(c.workdir, "checkpoints"))
     start_step = checkpoint.read_state(found)["step"] if found else 0
     if is_multi_worker(strategy):  # before the restore: no worker may be left waiting
         distribute.check_same_start(strategy, start_step)
@@ -229,44 +340,71 @@ def _restore(c, model, strategy, steps, log):
     if is_chief():
         os.makedirs(c.workdir, exist_ok=True)
         report.write_json(os.path.join(c.workdir, "config.json"), dataclasses.asdict(c))
+        if holdout is not None:
+            text = "".join(f"{name}\n" for name in holdout)
+            report.write_text(os.path.join(c.workdir, HOLDOUT_FILE), text)
+        if os.path.exists(history.path):
+            history.write()
     return start_step
 
 
-def _finish(c, model, history, summary, knn_monitor, collapse, log):
-    """The chief's outputs: model.keras, the export, history.png and summary.json."""
-    model.save(os.path.join(c.workdir, "model.keras"))
+def _finish(c, model, history, summary, log):
+    """The chief's outputs: model.keras, then the export, history.png and summary.json.
+
+    The checkpoint at the last step is on disk already. A failure of the export or the plot is
+    one line saying how to redo that step, and summary.json is still written.
+    """
+    path = os.path.join(c.workdir, "model.keras")
+    try:
+        tmp = os.path.join(c.workdir, f".model.tmp-{os.getpid()}.keras")
+        model.save(tmp)
+        os.replace(tmp, path)
+    except Exception as e:  # noqa: BLE001 (the checkpoint holds the weights; say so)
+        last = checkpoint.latest(os.path.join(c.workdir, "checkpoints"))
+        raise OSError(
+            f"Writing {path} failed ({_reason(e)}); the trained weights are in the checkpoint "
+            f"{last}: run the same command to write it."
+        ) from None
     if c.export:
-        summary["export"] = export_or_explain(model, c, log)
-    if knn_monitor:
-        history["knn_top1"] = [v for _, v in knn_monitor.history]
-        history["knn_top1_epochs"] = [e for e, _ in knn_monitor.history]
-    history["probe_z_std"] = [v for _, v in collapse.probe_history]
-    # history.csv holds the epochs of earlier (killed) processes of a resumed run too.
-    plotted = report.read_csv_history(os.path.join(c.workdir, "history.csv")) or history
-    report.plot_history(plotted, os.path.join(c.workdir, "history.png"), "SimSiam pretraining")
+        try:
+            summary["export"] = export_or_explain(model, c, log)
+        except Exception as e:  # noqa: BLE001 (one line; the weights are in model.keras)
+            summary["export"] = None
+            log(f"The SavedModel export failed ({_reason(e)}); the weights are in {path}. "
+                f"Export with: python scripts/export.py --workdir {c.workdir}")  # fmt: skip
+    try:
+        report.plot_history(history.as_dict(), os.path.join(c.workdir, "history.png"),
+                            "SimSiam pretraining")  # fmt: skip
+    except Exception as e:  # noqa: BLE001 (a plot is not worth the run)
+        log(f"history.png was not written ({_reason(e)}); the numbers are in {history.path}.")
     report.write_json(os.path.join(c.workdir, "summary.json"), summary)
 
 
-def _callbacks(c, model, source, knn_data, steps, start_step):
-    """The run's callbacks, in the order their logs need: monitors, then writers."""
+def _reason(error):
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def _callbacks(c, model, source, knn_data, steps, start_step, history):
+    """The run's callbacks, in the order their logs need: monitors, writers, the checkpoint."""
     from simsiam_keras import data
 
     chief = is_chief()
     ckpt_dir = os.path.join(c.workdir, "checkpoints")
     ckpt = checkpoint.StepCheckpoint(ckpt_dir, c.checkpoint_every, steps, start_step, save=chief)
-    callbacks = [ckpt]
+    callbacks = []
     knn_monitor = None
     if knn_data and c.knn_every:
         knn_monitor = monitors.KNNMonitor(
-            *knn_data, every=c.knn_every, k=c.knn_k, progress_every_s=c.progress_every_s
-        )
+            *knn_data.datasets, every=c.knn_every, k=c.knn_k,
+            progress_every_s=c.progress_every_s, epochs=c.epochs,
+        )  # fmt: skip
         callbacks.append(knn_monitor)
     probe = next(iter(data.labeled_dataset(source, 256, c.image_size, require_labels=False)))[0]
     collapse = monitors.CollapseMonitor(np.asarray(probe))
     callbacks.append(collapse)
+    callbacks.append(HistoryLogger(history, write=chief))
     if chief:
-        callbacks.append(keras.callbacks.CSVLogger(os.path.join(c.workdir, "history.csv"),
-                                                   append=start_step > 0))  # fmt: skip
         if _has_tensorflow():
             # Per-epoch points plus loss, z_std and lr every 100 steps (an ImageNet epoch is
             # 2,500 steps at batch 512). tf.summary writes them whatever the Keras backend.
@@ -274,15 +412,16 @@ def _callbacks(c, model, source, knn_data, steps, start_step):
                 os.path.join(c.workdir, "tensorboard"), update_freq=min(100, steps)))  # fmt: skip
         callbacks.append(monitors.TrainingProgress(
             c.epochs, steps, c.batch_size, c.progress_every_s, start_step))  # fmt: skip
+    callbacks.append(ckpt)  # last: an epoch's end is saved once its numbers are written
     return ckpt, knn_monitor, collapse, callbacks
 
 
 def _train(model, source, c, strategy, steps, ckpt, callbacks):
     """`model.fit` from the checkpoint's step to the end (`checkpoint.fit_from`).
 
-    Returns the `History` of this process; stops early on a NaN loss or a signal.
+    Stops early on a NaN loss or a signal.
     """
-    return checkpoint.fit_from(
+    checkpoint.fit_from(
         model, lambda step: train_dataset(source, c, strategy, start_batch=step), c.epochs,
         steps, ckpt, callbacks, graceful=not is_multi_worker(strategy),
     )  # fmt: skip
@@ -294,22 +433,6 @@ def _has_tensorflow():
     return importlib.util.find_spec("tensorflow") is not None
 
 
-def _final(history, csv_path):
-    """The last epoch's numbers, from `history.csv` and this process's `History`.
-
-    Every process of a resumed run appends to `history.csv`, so a process that only finished
-    the run (its last step was already checkpointed) still reports the last epoch's numbers.
-    """
-    rows = report.read_csv_history(csv_path) or {}
-    final = {
-        k: next((x for x in reversed(v) if x is not None), None)
-        for k, v in rows.items()
-        if not k.endswith("_epochs")
-    }
-    final.update({k: v[-1] for k, v in history.items() if v})
-    return {k: v for k, v in final.items() if v is not None}
-
-
 class _TensorBoard(keras.callbacks.TensorBoard):
     """Keras's TensorBoard with batch points numbered by the global step, across resumes.
 
@@ -319,6 +442,10 @@ class _TensorBoard(keras.callbacks.TensorBoard):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self._global_train_batch = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Keras adds the optimiser's `learning_rate`; SimSiam's `lr` would be the same curve.
+        super().on_epoch_end(epoch, {k: v for k, v in (logs or {}).items() if k != "lr"})
 
 
 def train_dataset(source, config, strategy=None, start_batch=0, shuffle=True):

@@ -21,6 +21,15 @@ def write_json(path, results):
     return path
 
 
+def write_text(path, text):
+    """Writes `text` to `path` atomically (a temporary file, then a rename)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
 def plot_history(history, path, title="SimSiam"):
     """A PNG with one panel per logged curve of `history` (a `History.history` dict).
 
@@ -134,14 +143,15 @@ class Progress:
         self.last = self.start
         self.width = 0
 
-    def line(self, done, fields=None, ran=None):
+    def line(self, done, fields=None, ran=None, until=None):
         """The progress line after `done` steps, with `fields` (name -> number) appended.
 
         `ran`: the steps this object has seen run, when `done` counts earlier ones too (a
-        resumed epoch); rate and ETA are measured on them.
+        resumed epoch); rate and ETA are measured on them. `until`: the `time.monotonic()` at
+        which the steps ended (default: now), when other work followed them.
         """
         ran = done if ran is None else ran
-        elapsed = time.monotonic() - self.start
+        elapsed = (time.monotonic() if until is None else until) - self.start
         parts = [self.what]
         if self.total:
             parts.append(f"{done}/{self.total} ({100 * done / self.total:.0f}%)")
@@ -168,9 +178,9 @@ class Progress:
         self.last = time.monotonic()
         self._write(self.line(done, fields, ran), final=False)
 
-    def done(self, done, fields=None, ran=None):
+    def done(self, done, fields=None, ran=None, until=None):
         """The final line (always printed)."""
-        self._write(self.line(done, fields, ran), final=True)
+        self._write(self.line(done, fields, ran, until), final=True)
 
     def _write(self, text, final):
         if self.tty:

@@ -196,6 +196,77 @@ def image_folder(path, labeled=False, verify=False):
     return Source(dataset, "path", len(files), path, classes, skipped, files, labels)
 
 
+HOLDOUT_FRACTION = 0.1  # of each class, for `holdout_split`'s default
+HOLDOUT_MAX = 10_000  # images in all, for `holdout_split`'s default
+
+
+def _subset(source, keep, name):
+    """The `Source` of the items of `source` (read in any order) where `keep` is True."""
+    items, labels = source.items[keep], source.labels[keep]
+    dataset = tf.data.Dataset.from_tensor_slices((items, labels))
+    return Source(dataset, source.kind, len(items), name, source.class_names, [], items, labels)
+
+
+def holdout_split(source, count=None, seed=0):
+    """Splits a labelled `source` into training images and held-out images, class-balanced.
+
+    Each class gives the same share of its images (at least one from a class of two or more),
+    drawn with `seed`; the same folder and seed give the same split.
+
+    Args:
+        source: a labelled `Source` with `items` (an image folder, the embedded digits).
+        count: images to hold out in all (default: `HOLDOUT_FRACTION` of each class, at most
+            `HOLDOUT_MAX` in all).
+        seed: the draw's seed.
+
+    Returns:
+        `(training source, held-out source)`; the held-out one is named
+        `"<name> (held out)"`.
+
+    Raises:
+        ValueError: a source without labels or items, or a count that leaves no training image.
+    """
+    if not source.labeled or source.items is None:
+        raise ValueError(f"{source.name}: only labelled sources read in any order can be split.")
+    if count is None:
+        count = min(int(round(HOLDOUT_FRACTION * source.size)), HOLDOUT_MAX)
+    if not 0 < count < source.size:
+        raise ValueError(
+            f"Cannot hold out {count} of the {source.size} images of {source.name}: give a "
+            "smaller --knn_holdout, or --val_dir."
+        )
+    rng = np.random.default_rng(seed)
+    held = np.zeros(source.size, bool)
+    classes, sizes = np.unique(source.labels, return_counts=True)
+    share = count / source.size
+    for label, size in zip(classes, sizes):
+        members = np.flatnonzero(source.labels == label)
+        take = min(size - 1, max(1 if size > 1 else 0, int(round(share * size))))
+        held[rng.choice(members, take, replace=False)] = True
+    return _subset(source, ~held, source.name), _subset(source, held, f"{source.name} (held out)")
+
+
+def exclude_files(source, files):
+    """Splits an image-folder `source` into its files not in `files` and those in it.
+
+    Returns:
+        `(the other files' source, the source of `files`)`.
+
+    Raises:
+        ValueError: a name of `files` that is not (or no longer) a readable file of `source`.
+    """
+    names = np.array([os.path.normpath(f) for f in source.items.tolist()])
+    wanted = {os.path.normpath(f) for f in files}
+    held = np.isin(names, np.array(sorted(wanted)))
+    missing = len(wanted) - int(held.sum())
+    if missing:
+        raise ValueError(
+            f"{missing} of the {len(files)} images held out of {source.name} (knn_holdout.txt) "
+            "are no longer in it; restore them, or give a new --workdir."
+        )
+    return _subset(source, ~held, source.name), _subset(source, held, f"{source.name} (held out)")
+
+
 def tfds_source(name, split="train", data_dir=None, download=True):
     """A TFDS dataset by name, its images left encoded (decoded with the crop, in the pipeline).
 
