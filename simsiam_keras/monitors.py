@@ -35,7 +35,8 @@ class KNNMonitor(EpochSteps):
     """Weighted kNN top-1 accuracy of the backbone's features during training (InstDisc style).
 
     At the end of epoch 1, of every `every`-th epoch (epoch numbers counted from 1 across
-    resumes, so `every=10` evaluates epochs 1, 10, 20, ...) and of the last epoch, it extracts L2-normalised features of `train_data` (the memory) and `val_data` with
+    resumes, so `every=10` evaluates epochs 1, 10, 20, ...) and of the last epoch, it
+    extracts L2-normalised features of `train_data` (the memory) and `val_data` with
     `model.backbone` in inference mode, classifies the val features with the k = 200 nearest,
     votes weighted exp(sim / 0.2) (docs/recipe.md, "Monitors"; `knn.knn_predict`), and writes
     `logs["knn_top1"]` (percent), plus `logs["knn_top5"]` when there are more than 5 classes.

@@ -23,8 +23,17 @@ import time
 import keras
 import numpy as np
 
-from simsiam_keras import backbones, checkpoint, cli, distribute, knn, monitors, recipe, report
-from simsiam_keras import workdir_lock
+from simsiam_keras import (
+    backbones,
+    checkpoint,
+    cli,
+    distribute,
+    knn,
+    monitors,
+    recipe,
+    report,
+    workdir_lock,
+)
 from simsiam_keras.config import ConfigError, PretrainConfig, resumable, validate
 from simsiam_keras.device_augment import ViewAugment
 from simsiam_keras.distribute import is_chief, is_multi_worker

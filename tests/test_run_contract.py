@@ -6,7 +6,6 @@ the kNN monitor on the user's data only; `model.keras` loaded the Keras way in a
 import csv
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -173,3 +172,217 @@ def test_a_history_written_by_csvlogger_across_a_resume_is_repaired(tmp_path):
     path.write_text("epoch,loss\n0,-0.1,1,2,3,4,5\n")  # not what any version wrote
     with pytest.raises(ValueError, match="line 2, does not match its header; move the file"):
         EpochHistory.load(str(path))
+
+
+# --- one workdir, one run -------------------------------------------------------------------
+
+
+def test_a_second_run_on_a_busy_workdir_stops_at_once_naming_the_holder(tmp_path):
+    work = tmp_path / "run"
+    args = [*RUN, "--epochs=50", f"--workdir={work}"]
+    first = subprocess.Popen(
+        [sys.executable, SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=ROOT, env=user_environ(),
+    )  # fmt: skip
+    try:
+        for line in first.stdout:  # training: the lock is held
+            if line.startswith("epoch 1/50  1/6"):
+                break
+        before = sorted(os.listdir(work))
+        second = run_script("pretrain", *args, timeout=300)
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1, second.stderr
+        assert (
+            f"--workdir {str(work)!r} is in use by another run: pid {first.pid} on host"
+            in (lines[0])
+        )
+        assert "since" in lines[0]
+        assert json.loads((work / workdir_lock.FILE).read_text())["pid"] == first.pid, before
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=300)
+    assert first.returncode == 130 and not (work / workdir_lock.FILE).exists()
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_the_lock_of_a_process_that_died_is_taken_over(tmp_path):
+    lock = tmp_path / workdir_lock.FILE
+    here = {"host": workdir_lock.socket.gethostname(), "since": "earlier"}
+    # Same host, the process is gone (SIGKILL): taken over.
+    lock.write_text(json.dumps({**here, "pid": _dead_pid(), "start_time": 1}))
+    with workdir_lock.WorkdirLock(str(tmp_path)) as taken:
+        assert taken.taken_over["since"] == "earlier" and taken.held()
+    assert not lock.exists()
+    # Same host, a live process: busy. The same pid with another start time (a reused pid):
+    # taken over.
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = workdir_lock._start_time(alive.pid)
+        lock.write_text(json.dumps({**here, "pid": alive.pid, "start_time": started}))
+        with pytest.raises(workdir_lock.WorkdirBusy, match=f"pid {alive.pid} on host"):
+            workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+        assert json.loads(lock.read_text())["pid"] == alive.pid  # untouched
+        lock.write_text(json.dumps({**here, "pid": alive.pid, "start_time": started + 1}))
+        with workdir_lock.WorkdirLock(str(tmp_path)) as taken:
+            assert taken.taken_over["pid"] == alive.pid
+    finally:
+        alive.kill()
+        alive.wait()
+    # Another host (a shared file system): its heartbeat decides.
+    other = {"host": "another-node", "pid": 1, "since": "earlier"}
+    lock.write_text(json.dumps(other))
+    with pytest.raises(workdir_lock.WorkdirBusy, match="on host 'another-node'"):
+        workdir_lock.WorkdirLock(str(tmp_path), stale_s=300).acquire()
+    old = time.time() - 600
+    os.utime(lock, (old, old))
+    with workdir_lock.WorkdirLock(str(tmp_path), stale_s=300) as taken:
+        assert taken.taken_over == other
+
+
+def test_the_lock_holder_refreshes_its_heartbeat(tmp_path):
+    with workdir_lock.WorkdirLock(str(tmp_path), heartbeat_s=0.05) as taken:
+        old = time.time() - 600
+        os.utime(taken.path, (old, old))
+        time.sleep(0.3)
+        assert time.time() - os.stat(taken.path).st_mtime < 60
+        # A second process would see it as live even from another host.
+        with pytest.raises(workdir_lock.WorkdirBusy):
+            workdir_lock.WorkdirLock(str(tmp_path), stale_s=60).acquire()
+    new = tmp_path / "new"  # a workdir the lock created is removed when nothing else is in it
+    workdir_lock.WorkdirLock(str(new)).acquire().release()
+    assert not new.exists()
+
+
+# --- the kNN monitor evaluates the user's data only -----------------------------------------
+
+
+def _folder(path, n=80, classes=2, size=16):
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sub = path / f"c{i % classes}" if classes else path
+        sub.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(sub / f"{i}.png")
+    return path
+
+
+def _pretrain(tmp_path, log, **settings):
+    from simsiam_keras import pretrain
+
+    settings = {
+        "workdir": str(tmp_path / "run"), "backbone": "resnet18_cifar", "width": 0.125,
+        "image_size": 16, "dim": 32, "pred_dim": 8, "batch_size": 16, "epochs": 1,
+        "steps_per_epoch": 1, "knn_every": 1, "knn_k": 5, "export": False,
+        "progress_every_s": 1e9, **settings,
+    }  # fmt: skip
+    config = pretrain.PretrainConfig(**settings)
+    return pretrain.run(config, log=log.append)
+
+
+def test_a_folder_without_val_dir_holds_out_its_own_images(tmp_path):
+    images = _folder(tmp_path / "images")
+    log = []
+    # The CIFAR-10 recipe names a TFDS dataset; with --train_dir nothing of it is looked for.
+    summary = _pretrain(tmp_path, log, dataset="cifar10", train_dir=str(images))
+    held = (tmp_path / "run" / "knn_holdout.txt").read_text().splitlines()
+    assert len(held) == 8 and {h.split("/")[0] for h in held} == {"c0", "c1"}  # 4 per class
+    assert summary["train_images"] == 72
+    queries = {"queries": f"{images} (held out)", "query_images": 8, "k": 5}
+    assert summary["knn"] == {"memory": str(images), "memory_images": 72, **queries}
+    assert any(line.startswith("Holding out 8 of the 80 images") for line in log), log
+    assert not any("digits" in line or "tfds" in line for line in log), log
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["knn_holdout"] is None and config["train_dir"] == str(images)
+    # A resume holds out the same images, even with the monitor switched off.
+    again = _pretrain(tmp_path, [], dataset="cifar10", train_dir=str(images), epochs=2,
+                      knn_every=0)  # fmt: skip
+    assert again["train_images"] == 72 and again["steps"] == 2
+    assert (tmp_path / "run" / "knn_holdout.txt").read_text().splitlines() == held
+
+
+def test_no_holdout_and_no_monitor_for_an_unlabelled_folder_or_when_switched_off(tmp_path):
+    flat = _folder(tmp_path / "flat", n=40, classes=0)
+    log = []
+    summary = _pretrain(tmp_path, log, train_dir=str(flat))
+    assert summary["knn"] is None and summary["knn_top1"] is None
+    assert [line for line in log if "kNN" in line] == [
+        f"kNN monitor off: {flat} has no class subfolders (<class>/<image>), so no labels."
+    ]
+    images = _folder(tmp_path / "images", n=40)
+    log = []
+    summary = _pretrain(tmp_path / "off", log, train_dir=str(images), knn_holdout=0)
+    assert summary["train_images"] == 40 and summary["knn"] is None
+    assert any(line.startswith("kNN monitor off: this run holds out no images") for line in log)
+    # A labelled --val_dir: the queries are its images, nothing is held out.
+    log = []
+    summary = _pretrain(tmp_path / "val", log, train_dir=str(images), val_dir=str(flat.parent /
+                        "images"))  # fmt: skip
+    assert summary["train_images"] == 40 and summary["knn"]["queries"] == str(images)
+
+
+# --- model.keras loads the Keras way --------------------------------------------------------
+
+_LOAD = """
+import json, sys
+{imports}
+loaded = [keras.models.load_model(p) for p in sys.argv[1:]]
+print(json.dumps([[type(m).__name__, type(getattr(m, "optimizer", None)).__name__,
+                   float(sum(float(keras.ops.sum(w)) for w in m.weights))] for m in loaded]))
+"""
+
+
+@pytest.fixture(scope="module")
+def keras_files(tmp_path_factory):
+    """Every kind of `.keras` file the package writes, and what each must load as."""
+    import keras
+
+    import simsiam_keras as sk
+    from simsiam_keras import linear
+    from tests.helpers import tiny_simsiam
+
+    keras.utils.set_random_seed(0)
+    model = tiny_simsiam()
+    model.compile(optimizer=sk.simsiam_optimizer(0.05, 8, 2, 1, 1e-4))
+    views = np.random.default_rng(0).uniform(-1, 1, (2, 8, 16, 16, 3)).astype("float32")
+    model.fit((views[0], views[1]), batch_size=8, epochs=1, shuffle=False, verbose=0)
+    augmented = sk.SimSiam(tiny_simsiam().backbone, 32, 8, 2, augment=sk.ViewAugment())
+    classifier = sk.LinearClassifier(tiny_simsiam().backbone, 10)
+    classifier.compile(optimizer=linear.linear_optimizer("lars", 8, 1, 1), loss="mse")
+    files = {"simsiam": model, "augmented": augmented, "backbone": model.backbone,
+             "classifier": classifier}  # fmt: skip
+    directory = tmp_path_factory.mktemp("keras_files")
+    paths, expected = [], []
+    for name, saved in files.items():
+        paths.append(str(directory / f"{name}.keras"))
+        saved.save(paths[-1])
+        total = float(sum(float(keras.ops.sum(w)) for w in saved.weights))
+        expected.append([type(saved).__name__, type(getattr(saved, "optimizer", None)).__name__,
+                         total])  # fmt: skip
+    return paths, expected
+
+
+@pytest.mark.parametrize(
+    "backend, imports",
+    [("tensorflow", "import keras, simsiam_keras"), ("tensorflow", "import simsiam_keras, keras"),
+     ("jax", "import keras, simsiam_keras"), ("torch", "import simsiam_keras, keras")],
+)  # fmt: skip
+def test_every_keras_file_loads_after_import_simsiam_keras_in_a_new_process(
+    tmp_path, keras_files, backend, imports
+):
+    # The SimSiam of a run with its compiled optimiser and schedule, one with ViewAugment, a
+    # backbone, a LinearClassifier with LARS; before, `import simsiam_keras` registered none.
+    pytest.importorskip(backend)
+    paths, expected = keras_files
+    env = user_environ(KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    cmd = [sys.executable, "-c", _LOAD.format(imports=imports), *paths]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [row[:2] for row in loaded] == [row[:2] for row in expected]
+    np.testing.assert_allclose([r[2] for r in loaded], [r[2] for r in expected], rtol=1e-5)
