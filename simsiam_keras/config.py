@@ -270,7 +270,7 @@ class KnnConfig(EvaluationData):
     """A kNN evaluation (k=200, T=0.2, cosine, weighted vote: the InstDisc monitor)."""
 
     batch_size: int = setting(256, "Feature batch size.", "positive")
-    k: int = setting(200, "Neighbours.", "positive")
+    knn_k: int = setting(200, "Neighbours (the same flag as pretraining's monitor).", "positive")
     temperature: float = setting(0.2, "Vote temperature.", "positive")
     feature_dtype: str = setting(
         "float16",
@@ -286,7 +286,8 @@ class KnnConfig(EvaluationData):
         8192, "Memory rows per chunk: per file, and per similarity block.", "positive"
     )
 
-    QUICKSTART: typing.ClassVar[dict] = {"dataset": "digits"}
+    # As pretraining's quickstart: the same k for the same data (150 images per class).
+    QUICKSTART: typing.ClassVar[dict] = {"dataset": "digits", "knn_k": 20}
 
     def check(self):
         """The evaluation's checks, and a memory folder that exists."""

@@ -479,7 +479,19 @@ def torch_state_dict(model):
     return state, infer_architecture(arrays, classifier=kind == "linear_classifier")
 
 
-def to_torch(source, output, epoch=0):
+def _trained_epochs(path):
+    """The epochs trained by the pretraining run that holds `path`, from its last checkpoint.
+
+    `path`: the run's workdir or its model.keras. 0 when `path` is not in such a run.
+    """
+    from simsiam_keras import checkpoint
+
+    workdir = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    found = checkpoint.latest(os.path.join(workdir, "checkpoints"))
+    return checkpoint.read_state(found)["epoch"] if found else 0
+
+
+def to_torch(source, output, epoch=None):
     """Writes a Keras model as a checkpoint of the official code (`main_simsiam.py`'s layout).
 
     The file holds `{'epoch', 'arch', 'state_dict'}` with DistributedDataParallel's `module.`
@@ -491,7 +503,8 @@ def to_torch(source, output, epoch=0):
             or a pretraining workdir holding `model.keras`.
         output: the `.pth.tar` path (replaced if it exists; written to a temporary file
             first, then renamed).
-        epoch: the checkpoint's `epoch` field.
+        epoch: the checkpoint's `epoch` field, the epochs trained (default: those of the
+            pretraining run `source` belongs to, from its last checkpoint; else 0).
 
     Returns:
         The written model's `Architecture`.
@@ -501,7 +514,10 @@ def to_torch(source, output, epoch=0):
         ValueError: an unreadable source or a model this format cannot hold.
     """
     torch = _torch()
-    model = _load_keras(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else source
+    is_path = isinstance(source, (str, os.PathLike))
+    if epoch is None:
+        epoch = _trained_epochs(os.fspath(source)) if is_path else 0
+    model = _load_keras(os.fspath(source)) if is_path else source
     state, architecture = torch_state_dict(model)
     checkpoint = {
         "epoch": int(epoch),

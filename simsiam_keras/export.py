@@ -8,7 +8,8 @@ same preprocessing and the same result:
     features = m(images)                                                # tf.Tensor [N, C]
     features = m.signatures["serving_default"](images=images)["features"]  # TF Serving
 
-Beside it, `assets/simsiam_backbone.json` names the backbone, width, image size and feature
+Another shape fails with an error that names the expected one (`SHAPE_MESSAGE`). Beside it,
+`assets/simsiam_backbone.json` names the backbone, width, image size and feature
 dimension.
 
 Other input sizes are resized inside to the size the backbone was exported at (bilinear with
@@ -42,7 +43,13 @@ from simsiam_keras import backbones, recipe
 META_FILE = "simsiam_backbone.json"
 SUPPORTED_BACKENDS = ("tensorflow", "jax")
 
-_IMAGES = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+# Any shape: a wrong one is named in the error of the check in `_preprocess`, where TensorFlow
+# would otherwise print the whole input array beside the signature it did not match.
+_IMAGES = tf.TensorSpec(None, tf.float32, name="images")
+SHAPE_MESSAGE = (
+    "Expected float32 images [N, H, W, 3] (a batch, channels last) with values in [0, 255]; "
+    "got shape"
+)
 
 
 class _ServedBackbone(tf.Module):
@@ -58,6 +65,11 @@ class _ServedBackbone(tf.Module):
 
     def _preprocess(self, images):
         size = self._size
+        rank_4 = tf.equal(tf.rank(images), 4)
+        rgb = tf.cond(rank_4, lambda: tf.equal(tf.shape(images)[-1], 3), lambda: False)
+        check = tf.debugging.Assert(rgb, [SHAPE_MESSAGE, tf.shape(images)], summarize=8)
+        with tf.control_dependencies([check]):
+            images = tf.ensure_shape(tf.identity(images), [None, None, None, 3])
         shape = tf.shape(images)
         images = tf.cond(
             (shape[1] == size) & (shape[2] == size),

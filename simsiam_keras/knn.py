@@ -55,6 +55,29 @@ from simsiam_keras.feature_bank import (  # FEATURE_DTYPES, FeatureBank: re-expo
 _MAX_BLOCK_ENTRIES = 2**25
 
 
+class SizedBatches:
+    """Batches `(images, labels)` of a dataset whose count is known though tf.data's is not.
+
+    tf.data reports an unknown cardinality for pipelines that may skip an undecodable image;
+    with the source's size the feature extraction shows a total and an ETA.
+
+    Args:
+        dataset: a `tf.data.Dataset` (or iterable) of `(images, labels)` batches.
+        images: the number of images it holds.
+        batch_size: images per batch.
+    """
+
+    def __init__(self, dataset, images, batch_size):
+        self.dataset = dataset
+        self.batches = -(-images // batch_size)
+
+    def __len__(self):
+        return self.batches
+
+    def __iter__(self):
+        return iter(_batches(self.dataset, None))
+
+
 def _batches(dataset, batch_size):
     """Yields `(images, labels)` NumPy batches from a dataset, an iterable or an array pair."""
     if isinstance(dataset, tuple) and len(dataset) == 2 and hasattr(dataset[0], "shape"):
@@ -497,7 +520,8 @@ def run(config):
     validation split (the queries).
 
     Returns:
-        `{"train", "val"}` (the sources' names) and `knn_accuracy`'s `knn_top1`, `knn_top5`.
+        `{"train", "val"}` (the sources' names), `train_images`, `val_images`, the `k` used
+        and `knn_accuracy`'s `knn_top1`, `knn_top5`.
 
     Raises:
         ConfigError: a bad setting; ValueError: unusable data.
@@ -506,9 +530,13 @@ def run(config):
 
     c = config
     backbone, size, train, val = linear.load_evaluation(c)
-    datasets = [data.labeled_dataset(s, c.batch_size, size) for s in (train, val)]
+    datasets = [
+        SizedBatches(data.labeled_dataset(s, c.batch_size, size), s.size, c.batch_size)
+        for s in (train, val)
+    ]
     result = backbone_knn_accuracy(
-        backbone, *datasets, train.num_classes, c.k, c.temperature,
+        backbone, *datasets, train.num_classes, c.knn_k, c.temperature,
         feature_dtype=c.feature_dtype, memory_dir=c.memory_dir, chunk_rows=c.chunk_rows,
     )  # fmt: skip
-    return {"train": train.name, "val": val.name, **result}
+    return {"train": train.name, "val": val.name, "train_images": train.size,
+            "val_images": val.size, "k": min(c.knn_k, train.size), **result}  # fmt: skip

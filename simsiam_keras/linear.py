@@ -278,8 +278,8 @@ def load_evaluation(config):
         `(backbone, image_size, train, val)`: `train` and `val` are `sources.Source`s.
 
     Raises:
-        ConfigError: a bad setting, or a model that cannot take the image size.
-        ValueError: data without labels.
+        ConfigError: a bad setting, data without labels, or a model that cannot take the
+            image size.
     """
     from simsiam_keras import sources
     from simsiam_keras.config import ConfigError, validate
@@ -295,9 +295,14 @@ def load_evaluation(config):
                           "pretrained", "image_size")  # fmt: skip
     train = sources.load_source(c.dataset, "train", c.data_dir, c.train_dir, size)
     val = sources.load_source(c.dataset, "validation", c.data_dir, c.val_dir, size)
-    for source in (train, val):
-        if not source.labeled:
-            raise ValueError(f"{source.name} has no labels; the evaluation needs them.")
+    for source, folder in ((train, "train_dir"), (val, "val_dir")):
+        if not source.labeled:  # a usage error: the flag names data without labels
+            flag = folder if getattr(c, folder) else "dataset"
+            raise ConfigError(
+                f"{{}} {source.name!r} has no labels (an image folder needs <class>/<image> "
+                "subfolders); the evaluation needs them.",
+                flag,
+            )
     return backbone, size, train, val
 
 

@@ -104,6 +104,18 @@ class SimSiam(keras.Model):
         # (docs/keras_notes.md, trap 15).
         self.built = True
 
+    def fit(self, x=None, *args, **kwargs):
+        """`keras.Model.fit`, without a `shuffle` that a tf.data pipeline would ignore.
+
+        Keras warns on every `fit` of a `tf.data.Dataset` that its default `shuffle=True` is
+        ignored; the two-view pipelines shuffle themselves (`data.two_view_dataset`), so for a
+        dataset the default here is False. Arrays are shuffled as Keras does.
+        """
+        shuffle_given = len(args) > 7 or "shuffle" in kwargs  # shuffle: fit's 9th parameter
+        if not shuffle_given and hasattr(x, "element_spec") and hasattr(x, "as_numpy_iterator"):
+            kwargs["shuffle"] = False
+        return super().fit(x, *args, **kwargs)
+
     def call(self, inputs, training=False):
         """Runs both branches.
 

@@ -216,7 +216,10 @@ class KnnData:
         from simsiam_keras import data
 
         self.memory, self.queries = memory, queries
-        self.datasets = [data.labeled_dataset(s, 256, image_size) for s in (memory, queries)]
+        self.datasets = [
+            knn.SizedBatches(data.labeled_dataset(s, 256, image_size), s.size, 256)
+            for s in (memory, queries)
+        ]
 
     def describe(self, k):
         """What a kNN figure of this data means, for `summary.json`."""

@@ -43,6 +43,7 @@ def plot_history(history, path, title="SimSiam"):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = [n for n in PLOTTED if any(v is not None for v in history.get(n) or ())]
     if not names:
@@ -53,6 +54,17 @@ def plot_history(history, path, title="SimSiam"):
         epochs = history.get(f"{name}_epochs", range(1, len(values) + 1))
         points = [(e, v) for e, v in zip(epochs, values) if v is not None and not math.isnan(v)]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3)
+        if len(points) <= 3:  # a short run: the values themselves, not an axis of round-off
+            ax.margins(y=0.25)
+            for e, v in points:
+                ax.annotate(f"{v:.4g}", (e, v), textcoords="offset points", xytext=(0, 6),
+                            ha="center", fontsize=8)  # fmt: skip
+        xs = sorted({e for e, _ in points})
+        if 0 < len(xs) <= 10:
+            ax.set_xticks(xs)
+            ax.set_xlim(xs[0] - 0.5, xs[-1] + 0.5)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_title(name)
         ax.grid(alpha=0.3)

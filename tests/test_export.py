@@ -173,3 +173,22 @@ def test_bad_image_size_is_rejected_before_writing(tmp_path):
 
 if __name__ == "__main__":
     _export_and_reference(sys.argv[1])
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(SIZE, SIZE, 3), (2, SIZE, SIZE, 1), (2, 3, SIZE, SIZE)],
+    ids=["no batch", "1 channel", "NCHW"],
+)
+def test_a_wrong_shape_is_named_in_the_error_without_the_array(exported, shape):
+    _, path, _ = exported
+    loaded = tf.saved_model.load(str(path))
+    images = np.full(shape, 7.0, "float32")
+    for call in (loaded, lambda x: loaded.signatures["serving_default"](images=tf.constant(x))):
+        with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+            call(images)
+        text = str(caught.value)
+        assert export.SHAPE_MESSAGE in text and " ".join(map(str, shape)) in text, text
+        assert "7." not in text and len(text) < 1000, text  # no dump of the input
+    # An export replaced in place (the pretraining run's rerun) leaves no temporary directory.
+    assert not [n for n in os.listdir(path.parent) if ".tmp-" in n or ".old-" in n]

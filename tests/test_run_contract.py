@@ -111,6 +111,12 @@ def test_interrupted_anywhere_then_rerun_finishes_like_an_uninterrupted_run(tmp_
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     assert finished["knn_top1"] == pytest.approx(reference["knn_top1"], abs=0.5)
     assert not (work / workdir_lock.FILE).exists()
+    # The user goes on: the finished run as an official checkpoint records its 3 epochs.
+    torch = pytest.importorskip("torch")
+    from simsiam_keras import convert
+
+    convert.to_torch(str(work), str(tmp_path / "run.pth.tar"))
+    assert torch.load(tmp_path / "run.pth.tar", weights_only=True)["epoch"] == 3
 
 
 def _signal_during_knn(args):
@@ -386,3 +392,73 @@ def test_every_keras_file_loads_after_import_simsiam_keras_in_a_new_process(
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert [row[:2] for row in loaded] == [row[:2] for row in expected]
     np.testing.assert_allclose([r[2] for r in loaded], [r[2] for r in expected], rtol=1e-5)
+
+
+# --- smaller promises -----------------------------------------------------------------------
+
+
+def test_the_epoch_line_rate_is_that_of_the_training_steps(monkeypatch):
+    import io
+
+    from simsiam_keras import monitors, report
+
+    clock = [100.0]
+    monkeypatch.setattr(report.time, "monotonic", lambda: clock[0])
+    stream = io.StringIO()
+    progress = monitors.TrainingProgress(1, 4, 32, every_s=1e9, stream=stream)
+    progress.on_epoch_begin(0)
+    for _ in range(4):  # 4 steps of 32 pairs in 2 s
+        clock[0] += 0.5
+        progress.on_train_batch_end(0, {"loss": 0.0})
+    clock[0] += 30.0  # the kNN pass, then the epoch line
+    progress.on_epoch_end(0, {"loss": -0.1, "knn_top1": 50.0})
+    assert "epoch 1/1  4/4 (100%)  64.0 pairs/s  0:02  loss -0.1  knn_top1 50" in stream.getvalue()
+
+
+def test_feature_extraction_of_a_folder_shows_a_total(tmp_path, capsys):
+    from simsiam_keras import data, knn, sources
+    from tests.helpers import tiny_backbone
+
+    source = sources.image_folder(str(_folder(tmp_path / "images", n=20)), labeled=True)
+    batches = knn.SizedBatches(data.labeled_dataset(source, 8, 16), source.size, 8)
+    features, labels = knn.extract_features(tiny_backbone(), batches, progress_every_s=0)
+    assert features.shape == (20, 64) and len(batches) == 3
+    assert "features  3/3 (100%)" in capsys.readouterr().out
+
+
+def test_simsiam_fit_on_a_pipeline_does_not_warn_about_shuffle():
+    import warnings
+
+    import keras
+
+    import simsiam_keras as sk
+    from simsiam_keras import data, sources
+    from tests.helpers import tiny_simsiam
+
+    model = tiny_simsiam()
+    model.compile(optimizer=sk.simsiam_optimizer(0.05, 16, 1, 1))
+    views = data.two_view_dataset(sources.embedded_digits("test", 16), 16, 16, repeat=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(views, epochs=1, steps_per_epoch=1, verbose=0)
+    assert not [w for w in caught if "shuffle" in str(w.message)]
+    assert keras.ops.convert_to_numpy(model.optimizer.iterations) == 1
+
+
+def test_one_name_and_one_default_for_the_knn_k():
+    from simsiam_keras import config
+
+    names = {f.name for f in config.dataclasses.fields(config.KnnConfig)}
+    assert "knn_k" in names and "k" not in names
+    assert config.KnnConfig.QUICKSTART["knn_k"] == config.PretrainConfig.QUICKSTART["knn_k"]
+
+
+def test_evaluating_on_an_unlabelled_folder_is_a_usage_error(tmp_path, keras_files):
+    from simsiam_keras import config, linear
+
+    flat = str(_folder(tmp_path / "flat", n=8, classes=0))
+    backbone_file = keras_files[0][2]
+    settings = config.LinearConfig(pretrained=backbone_file, train_dir=flat, val_dir=flat)
+    with pytest.raises(config.ConfigError) as caught:
+        linear.load_evaluation(settings)
+    assert caught.value.render("--").startswith(f"--train_dir {flat!r} has no labels")
