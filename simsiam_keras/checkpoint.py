@@ -35,8 +35,12 @@ def model_variables(model):
     return getattr(model, "checkpoint_variables", None) or model.variables
 
 
-def save(directory, model, step, epoch, step_in_epoch, keep=2):
-    """Writes checkpoint `step` atomically under `directory`; returns its path."""
+def save(directory, model, step, epoch, step_in_epoch, keep=2, running_metrics=True):
+    """Writes checkpoint `step` atomically under `directory`; returns its path.
+
+    `running_metrics=False` leaves out `metrics.npz`: under multi-worker training reading the
+    metrics is a collective, which the chief alone cannot run.
+    """
     os.makedirs(directory, exist_ok=True)
     final = os.path.join(directory, f"ckpt-{step}")
     tmp = os.path.join(directory, f".tmp-ckpt-{step}-{os.getpid()}")
@@ -44,7 +48,8 @@ def save(directory, model, step, epoch, step_in_epoch, keep=2):
     os.makedirs(tmp)
     np.savez(os.path.join(tmp, "model.weights.npz"), **_to_numpy(model_variables(model)))
     np.savez(os.path.join(tmp, "optimizer.npz"), **_to_numpy(model.optimizer.variables))
-    np.savez(os.path.join(tmp, "metrics.npz"), **_to_numpy(model.metrics_variables))
+    if running_metrics:
+        np.savez(os.path.join(tmp, "metrics.npz"), **_to_numpy(model.metrics_variables))
     state = {"step": int(step), "epoch": int(epoch), "step_in_epoch": int(step_in_epoch)}
     with open(os.path.join(tmp, "state.json"), "w") as f:
         json.dump(state, f)
@@ -119,7 +124,7 @@ def _restore_metrics(path, model):
     its remaining steps.
     """
     file = os.path.join(path, "metrics.npz")
-    if not os.path.exists(file):
+    if not os.path.exists(file):  # also under multi-worker training (`save`)
         return
     variables = model.metrics_variables
     with np.load(file) as arrays:
@@ -155,9 +160,13 @@ class StepCheckpoint(keras.callbacks.Callback):
         initial_step: the global step training starts from (after a resume).
         keep: checkpoints kept.
         save: whether this process writes (only the chief does under multi-worker training).
+        running_metrics: keep the epoch's running metrics in the checkpoints (not under
+            multi-worker training, where a resumed epoch's numbers are those of its remaining
+            steps).
     """
 
-    def __init__(self, directory, every_steps, steps_per_epoch, initial_step=0, keep=2, save=True):
+    def __init__(self, directory, every_steps, steps_per_epoch, initial_step=0, keep=2, save=True,
+                 running_metrics=True):  # fmt: skip
         super().__init__()
         self.directory = directory
         self.every_steps = every_steps
@@ -165,6 +174,7 @@ class StepCheckpoint(keras.callbacks.Callback):
         self.step = initial_step
         self.keep = keep
         self.save_enabled = save
+        self.running_metrics = running_metrics
         self.nan_message = None
         self.stop_signal = None
         self._saved_step = None
@@ -172,7 +182,7 @@ class StepCheckpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         # A resumed epoch: the restored running metrics, which `fit` resets at the epoch start.
-        if self.step % self.steps_per_epoch:
+        if self.step % self.steps_per_epoch and self.running_metrics:
             self._carried_metrics = [
                 (v, keras.ops.convert_to_numpy(v)) for v in self.model.metrics_variables
             ]
@@ -191,7 +201,8 @@ class StepCheckpoint(keras.callbacks.Callback):
     def _save(self):
         if self.save_enabled and self._saved_step != self.step:
             epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
-            save(self.directory, self.model, self.step, epoch, in_epoch, self.keep)
+            save(self.directory, self.model, self.step, epoch, in_epoch, self.keep,
+                 self.running_metrics)  # fmt: skip
         self._saved_step = self.step
 
     def on_train_batch_end(self, batch, logs=None):

@@ -67,9 +67,13 @@ class _ServedBackbone(tf.Module):
         size = self._size
         rank_4 = tf.equal(tf.rank(images), 4)
         rgb = tf.cond(rank_4, lambda: tf.equal(tf.shape(images)[-1], 3), lambda: False)
-        check = tf.debugging.Assert(rgb, [SHAPE_MESSAGE, tf.shape(images)], summarize=8)
-        with tf.control_dependencies([check]):
-            images = tf.ensure_shape(tf.identity(images), [None, None, None, 3])
+
+        def wrong_shape():  # the branch raises: what follows cannot run before it
+            check = tf.debugging.Assert(False, [SHAPE_MESSAGE, tf.shape(images)], summarize=8)
+            with tf.control_dependencies([check]):
+                return tf.zeros([0, size, size, 3])
+
+        images = tf.ensure_shape(tf.cond(rgb, lambda: images, wrong_shape), [None, None, None, 3])
         shape = tf.shape(images)
         images = tf.cond(
             (shape[1] == size) & (shape[2] == size),

@@ -150,7 +150,8 @@ def train(config, model, train_source, val_source, image_size, strategy, workdir
     if chief:  # what the run is, for whoever finds the directory
         os.makedirs(directory, exist_ok=True)
         report.write_json(os.path.join(directory, "config.json"), settings)
-    ckpt = checkpoint.StepCheckpoint(ckpt_dir, c.checkpoint_every, steps, start_step, save=chief)
+    ckpt = checkpoint.StepCheckpoint(ckpt_dir, c.checkpoint_every, steps, start_step, save=chief,
+                                     running_metrics=not multi_worker)  # fmt: skip
     callbacks = [ckpt]
     if chief:
         callbacks.append(keras.callbacks.CSVLogger(csv_path, append=start_step > 0))

@@ -170,8 +170,9 @@ def _run(c, log):
     # Before a checkpoint is restored into the model.
     random_init_knn = _random_init_knn(c, model, knn_data, log)
     start_step = _restore(c, model, strategy, steps, found, holdout, history, log)
-    ckpt, knn_monitor, collapse, callbacks = _callbacks(c, model, source, knn_data, steps,
-                                                        start_step, history)  # fmt: skip
+    ckpt, knn_monitor, collapse, callbacks = _callbacks(
+        c, model, strategy, source, knn_data, steps, start_step, history
+    )  # fmt: skip
     began = time.time()
     _train(model, source, c, strategy, steps, ckpt, callbacks)
     seconds = time.time() - began
@@ -397,13 +398,16 @@ def _reason(error):
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
-def _callbacks(c, model, source, knn_data, steps, start_step, history):
+def _callbacks(c, model, strategy, source, knn_data, steps, start_step, history):
     """The run's callbacks, in the order their logs need: monitors, writers, the checkpoint."""
     from simsiam_keras import data
 
     chief = is_chief()
     ckpt_dir = os.path.join(c.workdir, "checkpoints")
-    ckpt = checkpoint.StepCheckpoint(ckpt_dir, c.checkpoint_every, steps, start_step, save=chief)
+    ckpt = checkpoint.StepCheckpoint(
+        ckpt_dir, c.checkpoint_every, steps, start_step, save=chief,
+        running_metrics=not is_multi_worker(strategy),
+    )  # fmt: skip
     callbacks = []
     knn_monitor = None
     if knn_data and c.knn_every:

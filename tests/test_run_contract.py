@@ -282,8 +282,8 @@ def _pretrain(tmp_path, log, **settings):
     from simsiam_keras import pretrain
 
     settings = {
-        "workdir": str(tmp_path / "run"), "backbone": "resnet18_cifar", "width": 0.125,
-        "image_size": 16, "dim": 32, "pred_dim": 8, "batch_size": 16, "epochs": 1,
+        "workdir": str(tmp_path / "run"), "dataset": "digits", "backbone": "resnet18_cifar",
+        "width": 0.125, "image_size": 16, "dim": 32, "pred_dim": 8, "batch_size": 16, "epochs": 1,
         "steps_per_epoch": 1, "knn_every": 1, "knn_k": 5, "export": False,
         "progress_every_s": 1e9, **settings,
     }  # fmt: skip
@@ -462,3 +462,24 @@ def test_evaluating_on_an_unlabelled_folder_is_a_usage_error(tmp_path, keras_fil
     with pytest.raises(config.ConfigError) as caught:
         linear.load_evaluation(settings)
     assert caught.value.render("--").startswith(f"--train_dir {flat!r} has no labels")
+
+
+def test_a_failed_export_or_plot_costs_neither_the_model_nor_the_summary(tmp_path, monkeypatch):
+    from simsiam_keras import pretrain, report
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("No space left on device")
+
+    monkeypatch.setattr(pretrain, "export_or_explain", fail)
+    monkeypatch.setattr(report, "plot_history", fail)
+    log = []
+    summary = _pretrain(tmp_path, log, export=True)
+    work = tmp_path / "run"
+    assert summary["export"] is None and (work / "model.keras").exists()
+    assert json.loads((work / "summary.json").read_text())["steps"] == 1
+    assert (
+        "The SavedModel export failed (RuntimeError: No space left on device); the weights are "
+        f"in {work / 'model.keras'}. Export with: python scripts/export.py --workdir {work}"
+    ) in log
+    plot = "history.png was not written (RuntimeError: No space left on device); the numbers"
+    assert f"{plot} are in {work / 'history.csv'}." in log
