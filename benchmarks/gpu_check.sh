@@ -3,7 +3,7 @@
 #
 # Runs where only PyTorch, torchvision and JAX are installed (no TensorFlow, no Keras: the GPU
 # image this project is lent). Keras and what it needs beyond that image travel as wheels in
-# .whl/ (downloaded on a machine with pip, see README "GPU check"); without .whl/ the installed
+# .whl/ (downloaded on a machine with pip, see docs/speed.md, "GPU (H200)"); without .whl/ the installed
 # Keras is used. Each runner prints one JSON line (pairs/s, training TFLOP/s and their share of
 # NOMINAL_TFLOPS and of a matrix product measured in the same process):
 #   1. plain PyTorch reference: torchvision ResNet, SimSiam heads, bf16 autocast, channels-last

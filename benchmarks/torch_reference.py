@@ -1,7 +1,7 @@
 r"""A PyTorch SimSiam from the paper's recipe: the peer for side-by-side speed and quality.
 
 Not part of the library: it runs in its own environment (torch + torchvision, no Keras), and
-every comparison in the README runs it on the same machine, in the same session, as this
+every comparison in docs/ runs it on the same machine, in the same session, as this
 project's command. The model, loss, optimiser and views follow docs/recipe.md, written the way
 the authors' public code writes them (torchvision ResNets, `transforms.RandomResizedCrop`,
 `ColorJitter`, PIL's Gaussian blur).

@@ -1,6 +1,6 @@
 r"""Makes an ImageNet-like folder of ~400 px JPEGs from a small-image folder, for speed tests.
 
-The 224 px pipeline target (README, issue 3) is measured on JPEGs of ImageNet's typical sizes,
+The 224 px pipeline comparison (docs/pipeline.md) is measured on JPEGs of ImageNet's typical sizes,
 which no offline dataset ships. This upscales images of a `<class>/<image>` folder (for example
 the CIFAR-10 training split as a folder, extracted outside the repository) to sizes cycling through
 500x375, 375x500, 400x400 and 640x480 (bicubic), saved at JPEG quality 90, into

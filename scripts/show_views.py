@@ -27,7 +27,7 @@ _BLUR = flags.DEFINE_bool("blur", True, "Include the Gaussian blur (false: CIFAR
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the views.")
 _IMPL = flags.DEFINE_enum(
     "augment_impl", "simsiam_keras", ["simsiam_keras", "kerascv"],
-    "The views: this package's ops or keras-cv's layers (README, 'KerasCV views').",
+    "The views: this package's ops or keras-cv's layers (docs/pipeline.md, 'KerasCV views').",
 )  # fmt: skip
 
 

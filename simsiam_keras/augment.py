@@ -6,7 +6,7 @@ views whatever the parallelism). Not Keras's or KerasCV's layers (docs/keras_not
 4-5): their crop samples the aspect ratio uniformly and clips, their brightness is additive, the
 jitter's order is fixed, Keras core's blur draws one sigma per batch. KerasCV's layers with the
 paper's parameters are the other implementation, `kerascv_views.py` (`augment_impl="kerascv"`;
-README, "KerasCV views", measures both). The steps after the crop run XLA-compiled in the
+docs/pipeline.md, "KerasCV views", measures both). The steps after the crop run XLA-compiled in the
 pipeline (`augment_cropped(..., compiled=True)`); `device_augment.py` has the same steps in
 `keras.ops` for the accelerator.
 
@@ -92,7 +92,7 @@ def resize(image, size):
     """Bilinear resize to `size` x `size` with antialiasing (as PIL's, used by torchvision).
 
     Antialiasing only changes a downscale; an upscale on both axes takes the plain bilinear
-    kernel, which gives the same values (to 2e-7) faster (README, "Measured speed").
+    kernel, which gives the same values (to 2e-7) faster (docs/pipeline.md).
     """
     shape = tf.shape(image)
 
@@ -180,7 +180,7 @@ def gaussian_blur(image, sigma, radius=BLUR_RADIUS):
     Gaussian); this is the Gaussian it approximates, truncated at 6 px = 3 x the largest sigma
     (so at >= 3 sigma for every sigma in [0.1, 2]), the same kernel as `device_augment`'s.
     Written as shifted sums: XLA fuses them (`augment_cropped(compiled=True)`), where a depthwise
-    convolution under XLA was measured much slower (README, "Measured speed").
+    convolution under XLA was measured much slower (docs/pipeline.md).
     """
     image = tf.convert_to_tensor(image, tf.float32)
     h, w = image.shape[0], image.shape[1]
@@ -279,7 +279,7 @@ def _augment_cropped(image, seed, blur):
 
 
 # XLA-compiled versions. XLA fuses the colour ops, blur and normalisation into a few loops over
-# the image, and the scalar ops that draw a view's parameters into the same call (README).
+# the image, and the scalar ops that draw a view's parameters into the same call (docs/pipeline.md).
 # Image shapes must be static (they are after the resize); one compile per image size. (The
 # crop sampler is not compiled: inside tf.data that kept compiling and grew to GBs.)
 _compiled_augment_cropped = tf.function(_augment_cropped, jit_compile=True)

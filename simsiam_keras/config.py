@@ -114,7 +114,7 @@ class PretrainConfig:
     augment_impl: str = setting(
         "simsiam_keras",
         "The views: simsiam_keras (torchvision's semantics, seeded per image) or kerascv "
-        "(keras-cv layers with the paper's parameters; README, 'KerasCV views').",
+        "(keras-cv layers with the paper's parameters; docs/pipeline.md, 'KerasCV views').",
         choices=AUGMENT_IMPLS,
     )  # fmt: skip
     augment_on: str = setting(
@@ -152,7 +152,7 @@ class PretrainConfig:
     )  # fmt: skip
 
     # `python scripts/pretrain.py` without a flagfile (and configs/quickstart.cfg): offline on
-    # the embedded 8x8 digits, minutes on 2 CPU cores. Chosen by measurement (README,
+    # the embedded 8x8 digits, minutes on 2 CPU cores. Chosen by measurement (docs/quality.md,
     # "Quickstart"): k=20 because the memory has 150 images per class.
     QUICKSTART: typing.ClassVar[dict] = {
         "dataset": "digits", "backbone": "resnet18_cifar", "width": 0.25, "image_size": 16,

@@ -126,7 +126,7 @@ def two_view_dataset(
         fused: decode each view's crop of a JPEG separately with the crop fused into the
             decode, instead of decoding the image once for both views. Off by default: two
             crops of scale 0.2-1 cover ~1.2x the image on average; measured at 224 px the two
-            were within noise (README, "Input pipeline"), so the simpler decode-once path is
+            were within noise (docs/pipeline.md), so the simpler decode-once path is
             the default.
         compiled: run the colour steps, blur and normalisation as one XLA-compiled function.
         start_batch: begin at this batch of the (repeated, seeded) stream: resuming mid-epoch

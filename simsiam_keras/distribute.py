@@ -166,7 +166,7 @@ def check_same_start(strategy, start_step):
 
 def _check_tf_config(text):
     """Raises ValueError naming what is wrong with `TF_CONFIG` for multi-worker training."""
-    where = "(README, 'Several machines')"
+    where = "(docs/pretraining.md, 'Several machines')"
     if not text:
         raise ConfigError(
             "{}=multi_worker reads the cluster from the TF_CONFIG environment "

@@ -1,7 +1,7 @@
 """The view recipe with KerasCV layers: `two_view_dataset(..., augment_impl="kerascv")`.
 
 The paper's parameters (`recipe.py`) given to keras-cv 0.9's stock layers, as a user of KerasCV
-would write them (each argument's meaning read from keras-cv's source). README, "KerasCV
+would write them (each argument's meaning read from keras-cv's source). docs/pipeline.md, "KerasCV
 views", has the table; in short, the differences from torchvision's recipe:
 the crop's aspect ratio is uniform (not log-uniform) and relative to the image, a crop outside
 the image is clipped (no 10 attempts and centre fallback), the resize has no antialiasing;

@@ -158,7 +158,7 @@ def extract_features(backbone, dataset, batch_size=256, normalize=True, progress
     _check_batch_size(batch_size)
     features, all_labels = [], []
     # predict_on_batch runs compiled (tf.function / jax.jit) and without autograd on torch:
-    # faster than an eager `backbone(images, training=False)` (README, "Measured speed").
+    # faster than an eager `backbone(images, training=False)` (docs/pipeline.md).
     for out, labels in _predicted(backbone, dataset, batch_size, progress_every_s):
         features.append(l2_normalize(out) if normalize else out)
         all_labels.append(labels)
