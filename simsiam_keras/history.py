@@ -60,6 +60,17 @@ def _keras_csv_keys(header_keys, width):
     return ["epoch"] + keys + ([f"val_{k}" for k in keys] if doubled else [])
 
 
+def numbers(logs):
+    """The entries of a Keras `logs` dict that are numbers (tensors and arrays as their mean)."""
+    found = {}
+    for name, value in (logs or {}).items():
+        try:
+            found[name] = float(np.mean(keras.ops.convert_to_numpy(value)))
+        except (TypeError, ValueError):
+            continue
+    return found
+
+
 class EpochHistory:
     """The per-epoch numbers of a run, keyed by epoch (from 0), written whole to `path`.
 
@@ -110,13 +121,7 @@ class EpochHistory:
 
     def record(self, epoch, logs):
         """Stores the numbers of `logs` as epoch `epoch`'s row (replacing any earlier one)."""
-        row = {}
-        for name, value in (logs or {}).items():
-            try:
-                row[name] = float(np.mean(keras.ops.convert_to_numpy(value)))
-            except (TypeError, ValueError):
-                continue
-        self.rows[int(epoch)] = row
+        self.rows[int(epoch)] = numbers(logs)
 
     def columns(self):
         """The columns with a value in at least one epoch: `ORDER` first, then alphabetical."""

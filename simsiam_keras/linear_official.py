@@ -12,8 +12,9 @@ ImageNet is 312 steps and a run takes hours, so it gets what pretraining has:
   directory is keyed by its weights' fingerprint and the settings (`run_directory`);
 * resume at the exact data position (the seeded, repeated pipeline from `start_batch`), so a
   killed and rerun evaluation ends with the classifier of an uninterrupted one;
-* per-epoch history in `WORKDIR/linear_eval/history.csv` (appended across resumes), progress
-  lines within epochs, and every file written by the chief only.
+* per-epoch history in `WORKDIR/linear_eval/run-<key>/history.csv` (`history.EpochHistory`,
+  whole epochs across resumes), progress lines within epochs, and every file written by the
+  chief only.
 
 Layout: `WORKDIR/linear_eval/run-<key>/{config.json, history.csv, checkpoints/}`;
 `linear.run` writes `WORKDIR/linear_eval.json` and `.png` (the last evaluation's).
@@ -25,6 +26,7 @@ import os
 import keras
 
 from simsiam_keras import checkpoint, distribute, monitors, report
+from simsiam_keras.history import EpochHistory, HistoryLogger
 
 SUBDIR = "linear_eval"
 
@@ -152,13 +154,14 @@ def train(config, model, train_source, val_source, image_size, strategy, workdir
         report.write_json(os.path.join(directory, "config.json"), settings)
     ckpt = checkpoint.StepCheckpoint(ckpt_dir, c.checkpoint_every, steps, start_step, save=chief,
                                      running_metrics=not multi_worker)  # fmt: skip
-    callbacks = [ckpt]
+    record = EpochHistory.load(csv_path, start_step // steps)  # the whole epochs before
+    callbacks = [HistoryLogger(record, write=chief)]
     if chief:
-        callbacks.append(keras.callbacks.CSVLogger(csv_path, append=start_step > 0))
         callbacks.append(monitors.TrainingProgress(
             c.epochs, steps, c.batch_size, c.progress_every_s, start_step,
             shown=("loss", "top1"), unit="images/s",
         ))  # fmt: skip
+    callbacks.append(ckpt)  # last: an epoch's end is saved once its row is written
     val_ds = _validation_dataset(val_source, c.batch_size, image_size)
     history = checkpoint.fit_from(
         model, lambda step: _train_dataset(train_source, c, image_size, strategy, step),
@@ -171,7 +174,7 @@ def train(config, model, train_source, val_source, image_size, strategy, workdir
         raise cli.Interrupted(ckpt.step, ckpt.stop_signal)
     if not chief:
         return history
-    whole = report.read_csv_history(csv_path) or history
+    whole = record.as_dict()
     if not whole.get("val_top1"):
         raise ValueError(f"No epoch of the linear evaluation in {workdir!r} finished.")
     return whole

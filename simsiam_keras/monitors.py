@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from simsiam_keras import distribute, knn, losses, report
-from simsiam_keras.history import EpochSteps
+from simsiam_keras.history import EpochSteps, numbers
 
 
 class CollapseWarning(UserWarning):
@@ -300,26 +300,17 @@ class TrainingProgress(keras.callbacks.Callback):
         )  # fmt: skip
         self._epoch_start = self.in_epoch
 
-    def _fields(self, logs):
-        fields = {}
-        for name, value in (logs or {}).items():
-            try:
-                fields[name] = float(np.mean(keras.ops.convert_to_numpy(value)))
-            except (TypeError, ValueError):
-                continue
-        return fields
-
     def on_train_batch_end(self, batch, logs=None):
         self.in_epoch += 1
         self._steps_ended = time.monotonic()
         if not self.progress.due():  # the common case: no device-to-host copies every step
             return
         shown = {k: v for k, v in (logs or {}).items() if k in self.shown}
-        self.progress.update(self.in_epoch, self._fields(shown), self.in_epoch - self._epoch_start)
+        self.progress.update(self.in_epoch, numbers(shown), self.in_epoch - self._epoch_start)
 
     def on_epoch_end(self, epoch, logs=None):
         ran = self.in_epoch - self._epoch_start
         until = self._steps_ended if ran else None
-        self.progress.done(self.in_epoch, self._fields(logs), ran, until)
+        self.progress.done(self.in_epoch, numbers(logs), ran, until)
         if self.in_epoch >= self.steps_per_epoch:
             self.in_epoch = 0

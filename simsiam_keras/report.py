@@ -1,6 +1,5 @@
 """Results for people: progress lines, a JSON file and a PNG plot of the training curves."""
 
-import csv
 import json
 import math
 import os
@@ -73,46 +72,6 @@ def plot_history(history, path, title="SimSiam"):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def read_csv_history(path):
-    """The epochs of a `CSVLogger` file as a `plot_history` dict, across resumed runs.
-
-    A resumed run appends to the file, so it holds every epoch, where the `History` of the
-    last process holds only its own; an epoch written twice (cut short, then resumed) counts
-    once, with its last row. Columns that are empty or "NA" on an epoch (the kNN
-    monitor runs every N epochs) give None there.
-
-    Returns:
-        `{column: [float or None], f"{column}_epochs": [epoch numbers from 1]}`, or None when
-        the file is missing or has no rows.
-    """
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
-        return None
-    if not rows:
-        return None
-    # An epoch cut short by Ctrl-C / SIGTERM still ends (Keras validates it and the logger
-    # writes its row); the resumed run writes that epoch again, whole: keep its last row.
-    last = {row["epoch"]: row for row in rows}
-    rows = sorted(last.values(), key=lambda row: int(row["epoch"]))
-
-    def number(text):
-        try:
-            value = float(text)
-        except (TypeError, ValueError):
-            return None
-        return None if math.isnan(value) else value
-
-    epochs = [int(row["epoch"]) + 1 for row in rows]
-    history = {}
-    for name in rows[0]:
-        if name != "epoch":
-            history[name] = [number(row.get(name)) for row in rows]
-            history[f"{name}_epochs"] = epochs
-    return history
 
 
 def json_line(results):

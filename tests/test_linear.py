@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import simsiam_keras as sk
 from simsiam_keras import augment, data, export, linear, report, sources
+from simsiam_keras.history import EpochHistory
 from tests.helpers import SIZE, last_json, run_script, tiny_backbone
 
 _backbone = tiny_backbone
@@ -186,19 +187,18 @@ def test_report_json_and_plot(tmp_path):
     assert report.plot_history({}, str(tmp_path / "none.png")) is None
 
 
-def test_read_csv_history_spans_a_resumed_run(tmp_path):
-    # What CSVLogger writes: a first process (epochs 0-1), then a resumed one appending 1-2;
-    # the kNN column is empty where the monitor did not run.
+def test_a_history_file_spans_a_resumed_run_and_plots(tmp_path):
+    # An epoch written twice (cut short, then whole) counts once, with its last row; the kNN
+    # column is empty where the monitor did not run.
     path = tmp_path / "history.csv"
-    # Epoch 1 was cut short by Ctrl-C (its row: -0.3), then written whole by the resumed run.
-    path.write_text("epoch,knn_top1,loss\n0,20.5,-0.1\n1,NA,-0.3\n1,NA,-0.4\n2,41.0,-0.6\n")
-    history = report.read_csv_history(str(path))
+    path.write_text("epoch,knn_top1,loss\n0,20.5,-0.1\n1,NA,-0.3\n1,,-0.4\n2,41.0,-0.6\n")
+    history = EpochHistory.load(str(path)).as_dict()
     assert history["loss"] == [-0.1, -0.4, -0.6] and history["loss_epochs"] == [1, 2, 3]
     assert history["knn_top1"] == [20.5, None, 41.0]
     assert report.plot_history(history, str(tmp_path / "h.png"))
-    assert report.read_csv_history(str(tmp_path / "missing.csv")) is None
+    assert EpochHistory.load(str(tmp_path / "missing.csv")).rows == {}
     (tmp_path / "empty.csv").write_text("epoch,loss\n")
-    assert report.read_csv_history(str(tmp_path / "empty.csv")) is None
+    assert EpochHistory.load(str(tmp_path / "empty.csv")).as_dict() == {}
     # A column with no value at all gets no panel (here: nothing to plot).
     assert report.plot_history({"loss": [None, None]}, str(tmp_path / "n.png")) is None
 
