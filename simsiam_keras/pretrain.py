@@ -474,12 +474,11 @@ def train_dataset(source, config, strategy=None, start_batch=0, shuffle=True):
     """
     from simsiam_keras import data
 
-    c = config
-    blur = c.blur if c.blur is not None else recipe.blur_by_default(c.image_size)
+    c = resolve(config)
 
     def views(batch_size, input_context):
         return data.two_view_dataset(
-            source, batch_size, c.image_size, blur=blur, seed=c.seed, shuffle=shuffle,
+            source, batch_size, c.image_size, blur=c.blur, seed=c.seed, shuffle=shuffle,
             repeat=True, deterministic=c.deterministic, input_context=input_context,
             start_batch=start_batch, augment_impl=c.augment_impl, augment_on=c.augment_on,
         )  # fmt: skip
@@ -489,16 +488,13 @@ def train_dataset(source, config, strategy=None, start_batch=0, shuffle=True):
 
 def build_model(config, steps_per_epoch, distributed=False):
     """The compiled SimSiam of `config` (SyncBN when `distributed`; float16 loss scaling)."""
-    c = config
-    layers = c.projector_layers or (2 if c.backbone == "resnet18_cifar" else 3)
+    c = resolve(config)
     backbone = backbones.build_resnet(c.backbone, c.width, c.image_size, distributed)
-    augment = None
-    if c.augment_on == "device":
-        blur = c.blur if c.blur is not None else recipe.blur_by_default(c.image_size)
-        augment = ViewAugment(blur=blur, seed=c.seed)
+    augment = ViewAugment(blur=c.blur, seed=c.seed) if c.augment_on == "device" else None
     model = SimSiam(
-        backbone, c.dim, c.pred_dim, layers, c.stop_gradient, distributed, augment=augment
-    )
+        backbone, c.dim, c.pred_dim, c.projector_layers, c.stop_gradient, distributed,
+        augment=augment,
+    )  # fmt: skip
     optimizer = simsiam_optimizer(
         c.base_lr, c.batch_size, c.epochs, steps_per_epoch, c.weight_decay,
         fix_pred_lr=c.fix_pred_lr, warmup_epochs=c.warmup_epochs,
