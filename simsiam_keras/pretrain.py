@@ -305,7 +305,10 @@ def _hold_out(c, source, log, resuming):
         return source, None, None
     if not (wanted and source.labeled):
         return source, None, []
-    train, held = sources.holdout_split(source, c.knn_holdout, c.seed)
+    try:
+        train, held = sources.holdout_split(source, c.knn_holdout, c.seed)
+    except ValueError as e:  # a count that leaves no training image: the flag's fault
+        raise ConfigError(f"{{}}: {e}", "knn_holdout") from None
     names = [os.path.relpath(f, c.train_dir) for f in held.items.tolist()]
     log(f"Holding out {held.size:,} of the {source.size:,} images of {source.name} as kNN "
         f"queries (class-balanced, seed {c.seed}; listed in {path}); --val_dir gives other "

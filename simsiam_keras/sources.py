@@ -232,8 +232,8 @@ def holdout_split(source, count=None, seed=0):
         count = min(int(round(HOLDOUT_FRACTION * source.size)), HOLDOUT_MAX)
     if not 0 < count < source.size:
         raise ValueError(
-            f"Cannot hold out {count} of the {source.size} images of {source.name}: give a "
-            "smaller --knn_holdout, or --val_dir."
+            f"cannot hold out {count} of the {source.size} images of {source.name} and keep "
+            "some to train on."
         )
     rng = np.random.default_rng(seed)
     held = np.zeros(source.size, bool)

@@ -321,6 +321,13 @@ def test_no_holdout_and_no_monitor_for_an_unlabelled_folder_or_when_switched_off
         f"kNN monitor off: {flat} has no class subfolders (<class>/<image>), so no labels."
     ]
     images = _folder(tmp_path / "images", n=40)
+    # A count that leaves nothing to train on: the flag is named, before any work.
+    from simsiam_keras.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        _pretrain(tmp_path / "all", [], train_dir=str(images), knn_holdout=40)
+    assert caught.value.render("--").startswith("--knn_holdout: cannot hold out 40 of the 40")
+    assert not (tmp_path / "all" / "run").exists()
     log = []
     summary = _pretrain(tmp_path / "off", log, train_dir=str(images), knn_holdout=0)
     assert summary["train_images"] == 40 and summary["knn"] is None
