@@ -30,12 +30,18 @@ Fig. 2 ablation. Each prints JSON lines (`train` one per epoch, then its result)
 import argparse
 import json
 import math
+import os
 import random
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# The recipe's numbers and rules are plain Python (no Keras): the same module as the package's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from simsiam_keras.recipe import projector_layers_for  # noqa: E402
 
 try:
     import torchvision
@@ -142,11 +148,6 @@ def simsiam_loss(p1, p2, z1, z2):
     d12 = F.cosine_similarity(p1, z2, dim=-1).mean()
     d21 = F.cosine_similarity(p2, z1, dim=-1).mean()
     return -(d12 + d21) * 0.5
-
-
-def projector_layers_for(arch):
-    """2 for the CIFAR variant (App. D), else 3."""
-    return 2 if arch == "resnet18_cifar" else 3
 
 
 class RandomBlur:

@@ -170,7 +170,7 @@ def benchmark_step():
     keras.utils.set_random_seed(0)
     size, batch = FLAGS.image_size, FLAGS.batch_size
     backbone = sk.build_resnet(FLAGS.backbone, width=FLAGS.width, image_size=size)
-    layers = 2 if FLAGS.backbone == "resnet18_cifar" else 3
+    layers = recipe.projector_layers_for(FLAGS.backbone)
     rng = np.random.default_rng(0)
     augment = None
     if FLAGS.augment_on == "device":  # uint8 whole images; crop and views inside the step

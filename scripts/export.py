@@ -12,4 +12,4 @@ rebuilt from the run's `config.json`). Needs KERAS_BACKEND=tensorflow (default) 
 from simsiam_keras import commands
 
 if __name__ == "__main__":
-    commands.export()  # simsiam_keras/commands.py: flags from the config, then export.run
+    commands.export()  # simsiam_keras/commands.py: flags from the config, then apps.export.run

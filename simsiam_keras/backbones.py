@@ -10,14 +10,15 @@ pooling, so it maps images `[N, H, W, 3]` to features `[N, C]`.
 
 import keras
 
-from simsiam_keras import heads, initializers
+from simsiam_keras import heads, initializers, names
 
-_STAGE_WIDTHS = (64, 128, 256, 512)
+STAGE_WIDTHS = (64, 128, 256, 512)  # torchvision's widths of the four stages; the stem's is 64
 _BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet18_cifar": (2, 2, 2, 2), "resnet50": (3, 4, 6, 3)}
-BACKBONES = tuple(_BLOCKS)
+BACKBONES = names.BACKBONES
 
 
-def _channels(base, width):
+def channels(base, width):
+    """The channels of a layer torchvision gives `base` channels, at width multiplier `width`."""
     return max(8, int(round(base * width)))
 
 
@@ -103,7 +104,7 @@ def build_resnet(name="resnet18_cifar", width=1.0, image_size=None, synchronized
         )
     sync = heads.resolve_synchronized_bn(synchronized_bn)
     inputs = keras.Input((image_size, image_size, 3), name="images")
-    stem = _channels(64, width)
+    stem = channels(64, width)
     if name == "resnet18_cifar":
         x = _conv(stem, 3, 1, "stem_conv")(inputs)
         x = keras.layers.ReLU(name="stem_relu")(_bn("stem_bn", synchronized=sync)(x))
@@ -114,10 +115,10 @@ def build_resnet(name="resnet18_cifar", width=1.0, image_size=None, synchronized
         x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
         x = keras.layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
     block = _bottleneck_block if name == "resnet50" else _basic_block
-    for stage, (base, blocks) in enumerate(zip(_STAGE_WIDTHS, _BLOCKS[name]), start=1):
+    for stage, (base, blocks) in enumerate(zip(STAGE_WIDTHS, _BLOCKS[name]), start=1):
         for i in range(blocks):
             stride = 2 if stage > 1 and i == 0 else 1
-            x = block(x, _channels(base, width), stride, f"stage{stage}_block{i + 1}", sync)
+            x = block(x, channels(base, width), stride, f"stage{stage}_block{i + 1}", sync)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     return keras.Model(inputs, x, name=name)
 

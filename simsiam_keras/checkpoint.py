@@ -23,6 +23,8 @@ import threading
 import keras
 import numpy as np
 
+from simsiam_keras import signals
+
 LATEST = "latest"
 
 
@@ -235,7 +237,7 @@ def fit_from(model, dataset_from, epochs, steps_per_epoch, ckpt, callbacks, grac
     trains the remaining epochs; `dataset_from(step)` must give the batches from global step
     `step` on (the pipelines' `start_batch`), so the resumed run sees exactly the batches the
     uninterrupted one would have. Stops early on a NaN loss or, when `graceful`, on SIGINT /
-    SIGTERM after saving (`StepCheckpoint.request_stop`; the caller raises `cli.Interrupted`).
+    SIGTERM after saving (`StepCheckpoint.request_stop`; the caller raises `errors.Interrupted`).
 
     Args:
         model: a compiled model.
@@ -253,12 +255,10 @@ def fit_from(model, dataset_from, epochs, steps_per_epoch, ckpt, callbacks, grac
     Returns:
         This process's history: `{metric: [per-epoch values]}`.
     """
-    from simsiam_keras import cli
-
     history, step, total = {}, ckpt.step, epochs * steps_per_epoch
     graceful = graceful and threading.current_thread() is threading.main_thread()
-    signals = cli.stop_on_signals(ckpt.request_stop) if graceful else contextlib.nullcontext()
-    with signals:
+    stopping = signals.stop_on_signals(ckpt.request_stop) if graceful else contextlib.nullcontext()
+    with stopping:
         while step < total and ckpt.nan_message is None and ckpt.stop_signal is None:
             epoch, in_epoch = divmod(step, steps_per_epoch)
             logs = model.fit(

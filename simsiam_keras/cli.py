@@ -25,22 +25,13 @@ import signal
 import sys
 import warnings
 
-from simsiam_keras.config import ConfigError
+from simsiam_keras.errors import ConfigError, Interrupted
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class UsageError(Exception):
     """A bad flag or path, found before any work: one line and exit code 2."""
-
-
-class Interrupted(Exception):  # noqa: N818 (what happened, not an error)
-    """Training stopped on a signal after writing a checkpoint at `step`."""
-
-    def __init__(self, step, signum):
-        super().__init__(f"Interrupted at step {step}; run the same command to resume.")
-        self.step = step
-        self.signum = signum
 
 
 def verbose(argv=None):
@@ -134,43 +125,11 @@ def flagfile(argv=None):
 
 
 def default_workdir(argv=None):
-    """`runs/<stem of the last --flagfile>`, or `runs/quickstart` without one."""
+    """`runs/<stem of the last --flagfile>`, or `runs/default` without one."""
     name = flagfile(argv)
     if not name:
-        return os.path.join("runs", "quickstart")
+        return os.path.join("runs", "default")
     return os.path.join("runs", os.path.splitext(os.path.basename(name))[0])
-
-
-class stop_on_signals:  # noqa: N801 (a context manager used like a function)
-    """Within the block, SIGINT and SIGTERM call `request(signum)` instead of killing.
-
-    The training loop finishes its step, writes a checkpoint and returns; a second signal
-    stops at once (KeyboardInterrupt). The previous handlers come back at exit.
-    """
-
-    def __init__(self, request):
-        self.request = request
-        self.previous = {}
-
-    def _handle(self, signum, frame):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        self.request(signum)
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self.previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-        return False
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def run(main, positional=0, tensorflow=True):

@@ -1,16 +1,16 @@
-"""The command lines: each parses its flags into a config and calls one library function.
+"""The command lines: each parses its flags into a config and calls one application.
 
-    python scripts/pretrain.py ...      or  simsiam-pretrain ...      (pretrain.run)
-    python scripts/linear_eval.py ...   or  simsiam-linear-eval ...   (linear.run)
-    python scripts/knn_eval.py ...      or  simsiam-knn-eval ...      (knn.run)
-    python scripts/export.py ...        or  simsiam-export ...        (export.run)
+    python scripts/pretrain.py ...      or  simsiam-pretrain ...      (apps.pretrain.run)
+    python scripts/linear_eval.py ...   or  simsiam-linear-eval ...   (apps.linear_eval.run)
+    python scripts/knn_eval.py ...      or  simsiam-knn-eval ...      (apps.knn_eval.run)
+    python scripts/export.py ...        or  simsiam-export ...        (apps.export.run)
     python scripts/convert_checkpoint.py ... or simsiam-convert ...   (convert)
 
 The `simsiam-*` commands are installed with the package (console entry points); the scripts
 are the same commands, documented in their docstrings (`--help`). Flags are defined when a
-command starts, from the config's fields (`config.define_flags`); the defaults are the
-quickstart's without `--flagfile` and the paper's with one (see `config`). Every command prints
-one JSON object as its last line, and fails with one line (`cli.run`).
+command starts, from the config's fields (`config.define_flags`); the defaults are the paper's,
+and a flagfile only overrides them (`configs/quickstart.cfg`: the offline quickstart). Every
+command prints one JSON object as its last line, and fails with one line (`cli.run`).
 
 This module imports neither TensorFlow nor Keras at import time.
 """
@@ -22,11 +22,11 @@ from simsiam_keras import cli, config
 
 def _start(config_class):
     cli.quiet_logs()  # before anything imports TensorFlow
-    config.define_flags(config_class, quickstart=cli.flagfile() is None)
+    config.define_flags(config_class)
 
 
 def pretrain():
-    """Pretrains (or resumes) a SimSiam run: `pretrain.run` on the flags."""
+    """Pretrains (or resumes) a SimSiam run: `apps.pretrain.run` on the flags."""
     _start(config.PretrainConfig)
     cli.run(_pretrain)
 
@@ -35,7 +35,8 @@ def _pretrain(argv):
     del argv
     from absl import flags
 
-    from simsiam_keras import pretrain, report
+    from simsiam_keras import report
+    from simsiam_keras.apps import pretrain
 
     workdir = flags.FLAGS.workdir or cli.default_workdir()
     summary = pretrain.run(config.from_flags(config.PretrainConfig, workdir=workdir))
@@ -53,16 +54,17 @@ def _pretrain(argv):
 
 
 def linear_eval():
-    """Linear evaluation of a frozen pretrained backbone: `linear.run` on the flags."""
+    """Linear evaluation of a frozen pretrained backbone: `apps.linear_eval.run` on the flags."""
     _start(config.LinearConfig)
     cli.run(_linear_eval)
 
 
 def _linear_eval(argv):
     del argv
-    from simsiam_keras import linear, report
+    from simsiam_keras import report
+    from simsiam_keras.apps import linear_eval
 
-    results = linear.run(config.from_flags(config.LinearConfig))
+    results = linear_eval.run(config.from_flags(config.LinearConfig))
     keys = ("protocol", "val_top1", "val_top5", "best_val_top1", "epochs")
     if results.get("chief") is False:  # a multi-worker run's other workers: the chief reports
         keys = ("protocol", "chief")
@@ -70,20 +72,22 @@ def _linear_eval(argv):
 
 
 def knn_eval():
-    """The kNN accuracy of a pretrained backbone: `knn.run` on the flags."""
+    """The kNN accuracy of a pretrained backbone: `apps.knn_eval.run` on the flags."""
     _start(config.KnnConfig)
     cli.run(_knn_eval)
 
 
 def _knn_eval(argv):
     del argv
-    from simsiam_keras import knn, report
+    from simsiam_keras import report
+    from simsiam_keras.apps import knn_eval
 
-    print(report.json_line({"what": "knn_eval", **knn.run(config.from_flags(config.KnnConfig))}))
+    results = knn_eval.run(config.from_flags(config.KnnConfig))
+    print(report.json_line({"what": "knn_eval", **results}))
 
 
 def export():
-    """Exports a pretraining run's backbone as a SavedModel: `export.run` on the flags."""
+    """Exports a pretraining run's backbone as a SavedModel: `apps.export.run` on the flags."""
     import os
 
     cli.quiet_logs()
@@ -105,9 +109,9 @@ def export():
             )
         if not os.path.isdir(fv.workdir):
             raise cli.UsageError(f"--workdir: not a directory: {fv.workdir!r}")
-        from simsiam_keras import export as export_lib
+        from simsiam_keras.apps import export as export_app
 
-        path, size = export_lib.run(fv.workdir, fv.out, fv.checkpoint)
+        path, size = export_app.run(fv.workdir, fv.out, fv.checkpoint)
         print(json.dumps({"what": "export", "path": path, "image_size": size}))
 
     cli.run(main)

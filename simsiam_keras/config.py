@@ -1,15 +1,14 @@
 """Every setting of the three tools in one place: its default, its help text and its checks.
 
 `PretrainConfig`, `LinearConfig` and `KnnConfig` hold the paper's ImageNet recipe as their
-defaults (docs/recipe.md). The scripts' absl flags are generated from their fields
-(`define_flags`), one flag of the same name per field (a boolean `stop_gradient` gives
-`--stop_gradient` / `--nostop_gradient`), so a flagfile overrides only what differs from the
-paper: `configs/in1k.cfg` is nearly empty, `configs/cifar10.cfg` holds the App. D changes.
-
-The one exception is the command without a flagfile: `python scripts/pretrain.py` alone runs
-the quickstart (the embedded digits, minutes on a CPU), because its defaults are then each
-config's `QUICKSTART` values, the same values `configs/quickstart.cfg` sets (a test keeps the
-two equal). With `--flagfile` the defaults are the paper's.
+defaults (docs/recipe.md), the only defaults there are: `--help` shows them whatever else is on
+the command line. The scripts' absl flags are generated from their fields (`define_flags`), one
+flag of the same name per field (a boolean `stop_gradient` gives `--stop_gradient` /
+`--nostop_gradient`), so a flagfile overrides only what differs from the paper:
+`configs/in1k.cfg` is nearly empty, `configs/cifar10.cfg` holds the App. D changes and
+`configs/quickstart.cfg` the offline quickstart on the embedded digits. A flagfile rather than
+defaults that change without one: what a run used is always the paper's recipe plus the lines
+of the files and flags it was given.
 
 `validate(config)` raises `ConfigError`, whose message names the setting (`batch_size must be
 a positive integer`); the scripts print it with the flag's dashes (`--batch_size ...`).
@@ -24,25 +23,9 @@ import sys
 import types
 import typing
 
-BACKBONES = ("resnet18", "resnet18_cifar", "resnet50")  # backbones.BACKBONES (a test checks)
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
-PRECISIONS = ("none", "float16", "bfloat16")
-AUGMENT_IMPLS = ("simsiam_keras", "kerascv")  # data.AUGMENT_IMPLS (a test checks)
-
-
-class ConfigError(ValueError):
-    """A bad setting. `message` holds `{}` where each setting of `settings` is named."""
-
-    def __init__(self, message, *settings):
-        self.message = message
-        self.settings = settings
-        super().__init__(self.render())
-
-    def render(self, prefix=""):
-        """The message with each setting written `prefix + name` (`"--"`: as a flag)."""
-        parts = self.message.split("{}")
-        names = [prefix + s for s in self.settings] + [""] * len(parts)
-        return "".join(part + name for part, name in zip(parts, names[: len(parts) - 1] + [""]))
+from simsiam_keras import recipe
+from simsiam_keras.errors import ConfigError
+from simsiam_keras.names import AUGMENT_IMPLS, BACKBONES, PRECISIONS, STRATEGIES
 
 
 def setting(default, help, check=None, choices=None, resumable=False):  # noqa: A002 (absl's word)
@@ -65,7 +48,8 @@ class PretrainConfig:
     """A pretraining run. Defaults: the paper's ImageNet recipe (Sec. 4, App. A)."""
 
     workdir: str | None = setting(
-        None, "Checkpoints, logs, summary and export (default: runs/<flagfile name>).",
+        None,
+        "Checkpoints, logs, summary and export (default: runs/<flagfile name>, else runs/default).",
         resumable=True,
     )  # fmt: skip
     dataset: str = setting("imagenet2012", "'digits' (embedded, offline) or a TFDS name.")
@@ -150,16 +134,6 @@ class PretrainConfig:
         30.0, "Seconds between progress lines when not on a terminal.", "non_negative",
         resumable=True,
     )  # fmt: skip
-
-    # `python scripts/pretrain.py` without a flagfile (and configs/quickstart.cfg): offline on
-    # the embedded 8x8 digits, minutes on 2 CPU cores. Chosen by measurement (docs/quality.md,
-    # "Quickstart"): k=20 because the memory has 150 images per class.
-    QUICKSTART: typing.ClassVar[dict] = {
-        "dataset": "digits", "backbone": "resnet18_cifar", "width": 0.25, "image_size": 16,
-        "batch_size": 64, "epochs": 30, "base_lr": 0.3, "weight_decay": 5e-4, "knn_every": 5,
-        "knn_k": 20, "checkpoint_every": 200, "deterministic": True,
-        "compare_random_init": True,
-    }  # fmt: skip
 
     def check(self):
         """The checks that involve more than one setting or the file system."""
@@ -254,10 +228,6 @@ class LinearConfig(EvaluationData):
         resumable=True,
     )  # fmt: skip
 
-    QUICKSTART: typing.ClassVar[dict] = {
-        "dataset": "digits", "batch_size": 256, "epochs": 10, "protocol": "auto",
-    }  # fmt: skip
-
     def check(self):
         """The evaluation's checks, and a workdir that is not a file."""
         super().check()
@@ -285,9 +255,6 @@ class KnnConfig(EvaluationData):
     chunk_rows: int = setting(
         8192, "Memory rows per chunk: per file, and per similarity block.", "positive"
     )
-
-    # As pretraining's quickstart: the same k for the same data (150 images per class).
-    QUICKSTART: typing.ClassVar[dict] = {"dataset": "digits", "knn_k": 20}
 
     def check(self):
         """The evaluation's checks, and a memory folder that exists."""
@@ -320,6 +287,18 @@ def validate(config):
     return config
 
 
+def resolve(config):
+    """A `PretrainConfig` with the settings that follow from others filled in (no None left).
+
+    The one place they are worked out: `projector_layers` from the backbone (2 for
+    resnet18_cifar, App. D; else 3) and `blur` from the image size (off at <= 32 px), by
+    `recipe.projector_layers_for` and `recipe.blur_by_default`.
+    """
+    layers = config.projector_layers or recipe.projector_layers_for(config.backbone)
+    blur = config.blur if config.blur is not None else recipe.blur_by_default(config.image_size)
+    return dataclasses.replace(config, projector_layers=layers, blur=blur)
+
+
 def resumable(config_class):
     """The names of the settings that may change when a run is resumed."""
     return tuple(f.name for f in dataclasses.fields(config_class) if f.metadata["resumable"])
@@ -332,22 +311,20 @@ def _base_type(field):
     return field.type
 
 
-def define_flags(config_class, quickstart=False, flag_values=None):
+def define_flags(config_class, flag_values=None):
     """Defines one absl flag per field of `config_class`, with its help text.
 
     Args:
         config_class: `PretrainConfig`, `LinearConfig` or `KnnConfig`.
-        quickstart: take the defaults from `config_class.QUICKSTART` where it has them.
         flag_values: an `absl.flags.FlagValues` (default: the global `FLAGS`).
     """
     from absl import flags
 
     fv = flags.FLAGS if flag_values is None else flag_values
-    defaults = config_class.QUICKSTART if quickstart else {}
     # Registered as the main script's own flags, so that --helpshort lists them.
     where = {"flag_values": fv, "module_name": main_module_name()}
     for field in dataclasses.fields(config_class):
-        default = defaults.get(field.name, field.default)
+        default = field.default
         help_text, choices = field.metadata["help"], field.metadata["choices"]
         kind = _base_type(field)
         if choices:

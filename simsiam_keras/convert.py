@@ -194,9 +194,9 @@ def _infer_backbone(state, prefix):
 
 def _width(state, prefix):
     """The multiplier that `build_resnet` turns into this stem and these stage widths."""
-    from simsiam_keras.backbones import _STAGE_WIDTHS, _channels
+    from simsiam_keras.backbones import STAGE_WIDTHS, channels
 
-    bases = (64, *_STAGE_WIDTHS)
+    bases = (64, *STAGE_WIDTHS)
     keys = ("conv1", *(f"layer{s}.0.conv1" for s in range(1, 5)))
     found = [state[f"{prefix}{k}.weight"].shape[0] for k in keys]
     # Each count c > 8 holds for widths in [(c - 0.5) / base, (c + 0.5) / base]; try the exact
@@ -204,7 +204,7 @@ def _width(state, prefix):
     low = max([(c - 0.5) / b for b, c in zip(bases, found) if c > 8], default=0.0)
     high = min((c + 0.5) / b for b, c in zip(bases, found))
     for width in [c / b for b, c in zip(bases[::-1], found[::-1])] + [(low + high) / 2]:
-        if width > 0 and [_channels(b, width) for b in bases] == found:
+        if width > 0 and [channels(b, width) for b in bases] == found:
             return width
     raise ValueError(
         f"The stem and stage widths {found} are not torchvision's {list(bases)} times one "

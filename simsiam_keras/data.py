@@ -19,9 +19,9 @@ batches (`model.fit` accepts a `tf.data.Dataset` on every backend).
 
 import tensorflow as tf
 
-from simsiam_keras import augment, recipe
+from simsiam_keras import augment, names, recipe
 
-AUGMENT_IMPLS = ("simsiam_keras", "kerascv")
+AUGMENT_IMPLS = names.AUGMENT_IMPLS
 
 # Shuffle buffer for sources that can only be streamed (TFDS): TFDS writes the examples of a
 # split in a hash-shuffled order at preparation time and `shuffle_files=True` reorders its

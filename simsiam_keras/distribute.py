@@ -26,7 +26,8 @@ import weakref
 import keras
 import numpy as np
 
-from simsiam_keras.config import STRATEGIES, ConfigError
+from simsiam_keras.errors import ConfigError
+from simsiam_keras.names import STRATEGIES
 
 _LOCAL_CALLS = weakref.WeakKeyDictionary()
 
@@ -214,9 +215,10 @@ def is_multi_worker(strategy):
         return False
     import tensorflow as tf
 
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
-        strategy.extended._in_multi_worker_mode()
-    )
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+    return len(cluster.get("chief", ())) + len(cluster.get("worker", ())) > 1
 
 
 def local_predict(model):

@@ -510,33 +510,3 @@ def recalibrated_copy(backbone, dataset, max_batches=20, batch_size=256):
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
     return copy
-
-
-def run(config):
-    """The kNN accuracy of a pretrained backbone (`KnnConfig`); returns a dict.
-
-    Features of the evaluation views (resize + centre crop) of the labelled train split (the
-    memory, stored as `--feature_dtype`, on disk under `--memory_dir` when given) and
-    validation split (the queries).
-
-    Returns:
-        `{"train", "val"}` (the sources' names), `train_images`, `val_images`, the `k` used
-        and `knn_accuracy`'s `knn_top1`, `knn_top5`.
-
-    Raises:
-        ConfigError: a bad setting; ValueError: unusable data.
-    """
-    from simsiam_keras import data, linear
-
-    c = config
-    backbone, size, train, val = linear.load_evaluation(c)
-    datasets = [
-        SizedBatches(data.labeled_dataset(s, c.batch_size, size), s.size, c.batch_size)
-        for s in (train, val)
-    ]
-    result = backbone_knn_accuracy(
-        backbone, *datasets, train.num_classes, c.knn_k, c.temperature,
-        feature_dtype=c.feature_dtype, memory_dir=c.memory_dir, chunk_rows=c.chunk_rows,
-    )  # fmt: skip
-    return {"train": train.name, "val": val.name, "train_images": train.size,
-            "val_images": val.size, "k": min(c.knn_k, train.size), **result}  # fmt: skip

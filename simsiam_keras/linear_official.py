@@ -17,36 +17,31 @@ ImageNet is 312 steps and a run takes hours, so it gets what pretraining has:
   chief only.
 
 Layout: `WORKDIR/linear_eval/run-<key>/{config.json, history.csv, checkpoints/}`;
-`linear.run` writes `WORKDIR/linear_eval.json` and `.png` (the last evaluation's).
+`apps.linear_eval.run` writes `WORKDIR/linear_eval.json` and `.png` (the last evaluation's).
 """
 
-import dataclasses
+import hashlib
+import json
 import os
 
 import keras
 
-from simsiam_keras import checkpoint, distribute, monitors, report
+from simsiam_keras import checkpoint, data, distribute, errors, monitors, report
 from simsiam_keras.history import EpochHistory, HistoryLogger
+from simsiam_keras.linear import linear_optimizer
 
 SUBDIR = "linear_eval"
 
 
-def run_directory(config, workdir, weights_id):
-    """`WORKDIR/linear_eval/run-<key>`: the state of the evaluation `config` describes.
+def run_directory(trained, workdir, weights_id):
+    """`WORKDIR/linear_eval/run-<key>` and what it holds: the evaluation `trained` describes.
 
-    The key hashes every setting that changes what is trained (not the `resumable` ones) and
-    the fingerprint of the pretrained weights, so the same command resumes its own run, while
-    other settings (SGD instead of LARS, another model in the same place) start their own
-    beside it and leave the earlier one intact.
+    The key hashes every setting that changes what is trained (`trained`: the caller leaves out
+    where things are and what is reported) and the fingerprint of the pretrained weights, so
+    the same command resumes its own run, while other settings (SGD instead of LARS, another
+    model in the same place) start their own beside it and leave the earlier one intact.
     """
-    import hashlib
-    import json
-
-    from simsiam_keras.config import resumable
-
-    free = resumable(type(config))
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in free}
-    settings["weights_fingerprint"] = weights_id
+    settings = {**trained, "weights_fingerprint": weights_id}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return os.path.join(workdir, SUBDIR, f"run-{key}"), settings
 
@@ -58,8 +53,6 @@ def _validation_dataset(source, batch_size, image_size):
     batch only when it divides), and the weights keep the padding out of the accuracies.
     """
     import tensorflow as tf
-
-    from simsiam_keras import data
 
     def pad(images, labels):
         n = tf.shape(images)[0]
@@ -81,8 +74,6 @@ def _train_dataset(source, config, image_size, strategy, start_batch):
     Under multi-worker training each worker reads its own stride of the permutation, in
     batches of `batch_size / replicas` (`distribute.per_worker_dataset`), as pretraining.
     """
-    from simsiam_keras import data
-
     c = config
 
     def batches(batch_size, input_context):
@@ -94,9 +85,9 @@ def _train_dataset(source, config, image_size, strategy, start_batch):
     return distribute.per_worker_dataset(strategy, c.batch_size, batches)
 
 
-def train(config, model, train_source, val_source, image_size, strategy, workdir, weights_id,
-          log=print):  # fmt: skip
-    """Trains `model`'s linear layer by the official protocol, resuming from `workdir`.
+def fit_on_views(config, model, train_source, val_source, image_size, strategy, workdir,
+                 weights_id, trained, log=print):  # fmt: skip
+    """Trains `model`'s linear layer on augmented views (the official protocol), resuming.
 
     Args:
         config: the `LinearConfig`.
@@ -107,6 +98,7 @@ def train(config, model, train_source, val_source, image_size, strategy, workdir
         strategy: the `tf.distribute` strategy, or None.
         workdir: where `linear_eval/` goes.
         weights_id: `linear.fingerprint` of the frozen backbone (part of the run's key).
+        trained: the settings that change what is trained (the rest of the run's key).
         log: where messages go.
 
     Returns:
@@ -115,15 +107,12 @@ def train(config, model, train_source, val_source, image_size, strategy, workdir
 
     Raises:
         FloatingPointError: a NaN loss (the last good checkpoint is kept).
-        cli.Interrupted: SIGINT / SIGTERM; a checkpoint was saved.
+        errors.Interrupted: SIGINT / SIGTERM; a checkpoint was saved.
     """
-    from simsiam_keras import cli
-    from simsiam_keras.linear import linear_optimizer
-
     c = config
     chief = distribute.is_chief()
     multi_worker = distribute.is_multi_worker(strategy)
-    directory, settings = run_directory(c, workdir, weights_id)
+    directory, settings = run_directory(trained, workdir, weights_id)
     csv_path, ckpt_dir = (os.path.join(directory, n) for n in ("history.csv", "checkpoints"))
     steps = min(train_source.size // c.batch_size, c.steps_per_epoch or train_source.size)
     with distribute.scope(strategy):
@@ -171,7 +160,7 @@ def train(config, model, train_source, val_source, image_size, strategy, workdir
     if ckpt.nan_message:
         raise FloatingPointError(ckpt.nan_message)
     if ckpt.stop_signal is not None:
-        raise cli.Interrupted(ckpt.step, ckpt.stop_signal)
+        raise errors.Interrupted(ckpt.step, ckpt.stop_signal)
     if not chief:
         return history
     whole = record.as_dict()

@@ -30,7 +30,7 @@ def _unpack_views(data):
 
 
 @keras.saving.register_keras_serializable(package="simsiam_keras")
-class SimSiam(keras.Model):
+class SimSiam(workarounds.SkipSymbolicBuild, keras.Model):
     """SimSiam: encoder f = projector(backbone(x)), predictor h, stop-gradient on the target.
 
     The encoder runs on x1 and on x2 separately, as the official code does, so BatchNorm
@@ -164,11 +164,6 @@ class SimSiam(keras.Model):
         if backend == "torch":
             return train_steps.torch_step(self, *_unpack_views(args[0]))
         return train_steps.tensorflow_step(self, *_unpack_views(args[0]))
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if workarounds.skip_symbolic_build(self):  # keras-team/keras#20585
-            return
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def test_step(self, *args):
         """Loss and z_std of a batch of view pairs with BatchNorm in inference mode."""

@@ -2,7 +2,8 @@
 
 Plain Python constants, no TensorFlow and no Keras: the host pipeline (`augment`, `data`), the
 accelerator version (`device_augment`), the export (`export`) and linear evaluation all read
-them here.
+them here; the two settings that depend on others (`blur_by_default`, `projector_layers_for`)
+are applied to a run's settings by `config.resolve`.
 """
 
 import math
@@ -37,3 +38,8 @@ EVAL_NO_RESIZE_MAX_SIZE = 32
 def blur_by_default(image_size):
     """Whether the recipe blurs at `image_size`: above 32 px (App. A), not at CIFAR's (App. D)."""
     return image_size > EVAL_NO_RESIZE_MAX_SIZE
+
+
+def projector_layers_for(backbone):
+    """The projector's Linear layers for `backbone`: 2 for the CIFAR variant (App. D), else 3."""
+    return 2 if backbone == "resnet18_cifar" else 3

@@ -323,11 +323,7 @@ def _prepare_tfds(builder, name):
     Checked first, before minutes of retries: a manual-download dataset (imagenet2012) needs
     its files in `<data_dir>/downloads/manual`; a downloadable one needs its host reachable.
     """
-    mocked = type(builder).download_and_prepare.__module__ == "tensorflow_datasets.testing.mocking"
-    if mocked:  # tfds.testing.mock_data: nothing to download or find
-        builder.download_and_prepare()
-        return
-    manual_dir = os.path.join(str(builder._data_dir_root), "downloads", "manual")
+    manual_dir = os.path.join(str(builder.data_dir_root), "downloads", "manual")
     instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
     if instructions and not (os.path.isdir(manual_dir) and os.listdir(manual_dir)):
         what = " ".join(instructions.split())

@@ -1,9 +1,12 @@
-"""Workarounds of upstream bugs, each naming the issue it works around.
+"""Workarounds of upstream bugs, and every use of a private Keras name, each saying why.
 
-Both bugs are in `tf.distribute.MultiWorkerMirroredStrategy.reduce` across several workers, and
-both hit Keras's TensorFlow trainer. tests/distributed_run.py reproduces each one on two
+The two bugs are in `tf.distribute.MultiWorkerMirroredStrategy.reduce` across several workers,
+and both hit Keras's TensorFlow trainer. tests/distributed_run.py reproduces each one on two
 localhost workers (the two-worker test of tests/test_distributed.py), and that test fails once
-an upstream release fixes it, saying which workaround can then be removed.
+an upstream release fixes it, saying which workaround can then be removed. Where no public API
+does the job, the private Keras name is used here only, and tests/test_workarounds.py fails
+when Keras renames it: `_maybe_symbolic_build` (`SkipSymbolicBuild`, `LocalSymbolicBuild`) and
+TensorBoard's `_global_train_batch` (`GlobalStepTensorBoard`).
 """
 
 import keras
@@ -34,8 +37,7 @@ def skip_symbolic_build(model):
     keras-team/keras#20585). A model built in `__init__`, with no compiled loss or metrics,
     has nothing to build, so `SimSiam` skips it there.
     """
-    # `_distribute_strategy`: Keras's private name for the strategy the model was built under.
-    return distribute.is_multi_worker(getattr(model, "_distribute_strategy", None))
+    return distribute.is_multi_worker(getattr(model, "distribute_strategy", None))
 
 
 def first_replica_batch(model, iterator):
@@ -65,3 +67,51 @@ def tensorflow_logs(logs):
     import tensorflow as tf
 
     return multi_worker_logs(logs, tf.distribute.get_strategy())
+
+
+class SkipSymbolicBuild:
+    """A `keras.Model` mixin: no symbolic build under multi-worker training (#20585).
+
+    For a model built in `__init__` with no compiled loss or metrics (`SimSiam`): it has nothing
+    to build, and Keras's build would fail (`skip_symbolic_build`). Overrides Keras's private
+    `Trainer._maybe_symbolic_build`, which `fit` calls with the epoch iterator.
+    """
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if skip_symbolic_build(self):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+
+class LocalSymbolicBuild:
+    """A `keras.Model` mixin: the symbolic build from one replica's batch under multi-worker.
+
+    For a model whose compiled loss and metrics still need building (`LinearClassifier`):
+    Keras would reduce the whole distributed batch and fail (keras-team/keras#20585);
+    `first_replica_batch` builds them from this worker's first replica's part instead.
+    """
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None and skip_symbolic_build(self):
+            data_batch = first_replica_batch(self, iterator)
+            with self.distribute_strategy.scope():
+                self._symbolic_build(data_batch=data_batch)
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+
+class GlobalStepTensorBoard(keras.callbacks.TensorBoard):
+    """Keras's TensorBoard with batch points numbered by the optimiser's step, across resumes.
+
+    Keras restarts its batch count (the private `_global_train_batch`, no public setter) at
+    every `fit` call, and a resumed run calls `fit` again: its points would overwrite the
+    first ones. SimSiam's `lr` log is dropped from the epoch logs: Keras adds the optimiser's
+    `learning_rate`, the same curve.
+    """
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._global_train_batch = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, {k: v for k, v in (logs or {}).items() if k != "lr"})

@@ -34,7 +34,8 @@ if MODE == "worker":  # before any TF op: collectives are configured at startup
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from simsiam_keras import data, monitors, pretrain, sources  # noqa: E402
+from simsiam_keras import data, monitors, sources  # noqa: E402
+from simsiam_keras.apps import pretrain  # noqa: E402
 
 STEPS = 3
 

@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16  # the image size of the tiny models
 # A few steps of a tiny pretraining run: the flags most CLI tests start from.
 SMALL_PRETRAIN = [
-    "--backbone=resnet18_cifar", "--width=0.125", "--image_size=16", "--dim=64",
+    "--dataset=digits", "--backbone=resnet18_cifar", "--width=0.125", "--image_size=16", "--dim=64",
     "--pred_dim=16", "--batch_size=64", "--knn_every=0", "--compare_random_init=false",
 ]  # fmt: skip
 

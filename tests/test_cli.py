@@ -16,7 +16,7 @@ from simsiam_keras import checkpoint, cli
 from tests.helpers import ROOT, last_json, run_script, user_environ
 
 SMALL = [
-    "--backbone=resnet18_cifar", "--width=0.125", "--image_size=16", "--dim=64",
+    "--dataset=digits", "--backbone=resnet18_cifar", "--width=0.125", "--image_size=16", "--dim=64",
     "--pred_dim=16", "--batch_size=32", "--knn_every=0", "--compare_random_init=false",
     "--export=false",
 ]  # fmt: skip
@@ -51,7 +51,7 @@ def _folder(path, n=64, size=16):
 
 
 def test_default_workdir_names():
-    assert cli.default_workdir(["p.py"]) == os.path.join("runs", "quickstart")
+    assert cli.default_workdir(["p.py"]) == os.path.join("runs", "default")
     assert cli.default_workdir(["p.py", "--flagfile=configs/in1k.cfg"]) == os.path.join(
         "runs", "in1k"
     )

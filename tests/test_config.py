@@ -12,14 +12,14 @@ from tests.helpers import ROOT
 CLASSES = (config.PretrainConfig, config.LinearConfig, config.KnnConfig)
 
 
-def _flag_values(config_class, quickstart=False):
+def _flag_values(config_class):
     fv = flags.FlagValues()
-    config.define_flags(config_class, quickstart=quickstart, flag_values=fv)
+    config.define_flags(config_class, flag_values=fv)
     return fv
 
 
-def _parse(config_class, *argv, quickstart=False):
-    fv = _flag_values(config_class, quickstart)
+def _parse(config_class, *argv):
+    fv = _flag_values(config_class)
     fv(["prog", *argv])
     return config.from_flags(config_class, fv)
 
@@ -32,8 +32,6 @@ def test_one_flag_per_setting_with_its_default_and_help(config_class):
     for field in fields:
         assert fv[field.name].default == field.default and fv[field.name].help, field.name
     assert _parse(config_class) == config_class()  # no flag: the paper's settings
-    quick = _parse(config_class, quickstart=True)
-    assert quick == config_class(**config_class.QUICKSTART)
 
 
 def test_bool_settings_take_the_no_prefix_and_choices_are_enforced():
@@ -53,25 +51,40 @@ def _flagfile_names(path):
     return names
 
 
-@pytest.mark.parametrize(
-    "name", ["in1k.cfg", "cifar10.cfg", "quickstart.cfg", "in1k_linear.cfg", "cifar10_linear.cfg"]
-)
+def _config_class(name):
+    if name.endswith("_linear.cfg"):
+        return config.LinearConfig
+    return config.KnnConfig if name.endswith("_knn.cfg") else config.PretrainConfig
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "configs"))))
 def test_flagfiles_override_only_what_differs_from_the_paper(name):
     path = os.path.join(ROOT, "configs", name)
-    config_class = config.LinearConfig if name.endswith("_linear.cfg") else config.PretrainConfig
+    config_class = _config_class(name)
     parsed = _parse(config_class, f"--flagfile={path}")
     paper = config_class()
     for flag in _flagfile_names(path):
         field = flag[2:] if flag.startswith("no") and not hasattr(paper, flag) else flag
         assert getattr(parsed, field) != getattr(paper, field), (name, field)
-    where = {"pretrained": ROOT} if config_class is config.LinearConfig else {"workdir": "w"}
+    where = {"workdir": "w"} if config_class is config.PretrainConfig else {"pretrained": ROOT}
     config.validate(dataclasses.replace(parsed, **where))
 
 
-def test_the_quickstart_flagfile_is_the_no_flag_quickstart():
-    path = os.path.join(ROOT, "configs", "quickstart.cfg")
-    from_file = _parse(config.PretrainConfig, f"--flagfile={path}")
-    assert from_file == _parse(config.PretrainConfig, quickstart=True)
+def test_the_quickstart_evaluations_read_the_quickstart_run_with_its_k():
+    def parsed(name):
+        return _parse(_config_class(name), f"--flagfile={os.path.join(ROOT, 'configs', name)}")
+
+    run, linear, knn = (parsed(f"quickstart{s}.cfg") for s in ("", "_linear", "_knn"))
+    assert linear.pretrained == knn.pretrained == os.path.join("runs", "quickstart", "model.keras")
+    assert linear.dataset == knn.dataset == run.dataset and knn.knn_k == run.knn_k
+
+
+def test_help_shows_the_defaults_that_apply_whatever_the_command_line():
+    # The defaults never depend on a flagfile being there: a flagfile only overrides.
+    fv = _flag_values(config.PretrainConfig)
+    fv(["prog", f"--flagfile={os.path.join(ROOT, 'configs', 'quickstart.cfg')}"])
+    assert fv["dataset"].value == "digits" and fv["dataset"].default == "imagenet2012"
+    assert fv["batch_size"].default == 512 and _parse(config.PretrainConfig).batch_size == 512
 
 
 def test_the_paper_defaults():

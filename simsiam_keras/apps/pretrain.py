@@ -26,15 +26,15 @@ import numpy as np
 from simsiam_keras import (
     backbones,
     checkpoint,
-    cli,
     distribute,
+    errors,
     knn,
     monitors,
-    recipe,
     report,
+    workarounds,
     workdir_lock,
 )
-from simsiam_keras.config import ConfigError, PretrainConfig, resumable, validate
+from simsiam_keras.config import ConfigError, PretrainConfig, resolve, resumable, validate
 from simsiam_keras.device_augment import ViewAugment
 from simsiam_keras.distribute import is_chief, is_multi_worker
 from simsiam_keras.history import FILE as HISTORY_FILE
@@ -42,8 +42,7 @@ from simsiam_keras.history import EpochHistory, HistoryLogger
 from simsiam_keras.model import SimSiam
 from simsiam_keras.optim import simsiam_optimizer
 
-__all__ = ["PretrainConfig", "build_model", "check_workdir", "resolve", "run",
-           "train_dataset", "validate"]  # fmt: skip
+__all__ = ["build_model", "check_workdir", "run", "train_dataset"]
 
 
 def _git_commit():
@@ -72,16 +71,6 @@ def _versions():
 
 def _knn(backbone, train_eval, val_eval, k):
     return knn.backbone_knn_accuracy(backbone, train_eval, val_eval, k=k)["knn_top1"]
-
-
-def resolve(config):
-    """`config` with its defaults that depend on other values filled in (no None left).
-
-    `projector_layers`: 2 for resnet18_cifar (App. D), else 3; `blur`: off at <= 32 px.
-    """
-    layers = config.projector_layers or (2 if config.backbone == "resnet18_cifar" else 3)
-    blur = config.blur if config.blur is not None else recipe.blur_by_default(config.image_size)
-    return dataclasses.replace(config, projector_layers=layers, blur=blur)
 
 
 def check_workdir(config):
@@ -132,7 +121,7 @@ def run(config, log=print):
     Every check (settings, data, the workdir's earlier run, another process in the workdir)
     passes before anything is written. A finished run is not run again: its summary comes
     back with `"already_finished": True`. SIGINT / SIGTERM during training save a checkpoint
-    after the current step and raise `cli.Interrupted` (the same call resumes).
+    after the current step and raise `errors.Interrupted` (the same call resumes).
 
     Raises:
         ConfigError: a bad setting, a workdir that holds another run or is in use.
@@ -179,7 +168,7 @@ def _run(c, log):
     if ckpt.nan_message:
         raise FloatingPointError(ckpt.nan_message)
     if ckpt.stop_signal is not None:
-        raise cli.Interrupted(ckpt.step, ckpt.stop_signal)
+        raise errors.Interrupted(ckpt.step, ckpt.stop_signal)
     final_knn = knn_monitor.history[-1][1] if knn_monitor and knn_monitor.history else None
     if knn_data and final_knn is None:  # no epoch trained here, or no monitor during training
         final_knn = _knn(model.backbone, *knn_data.datasets, c.knn_k)
@@ -427,7 +416,7 @@ def _callbacks(c, model, strategy, source, knn_data, steps, start_step, history)
         if _has_tensorflow():
             # Per-epoch points plus loss, z_std and lr every 100 steps (an ImageNet epoch is
             # 2,500 steps at batch 512). tf.summary writes them whatever the Keras backend.
-            callbacks.append(_TensorBoard(
+            callbacks.append(workarounds.GlobalStepTensorBoard(
                 os.path.join(c.workdir, "tensorboard"), update_freq=min(100, steps)))  # fmt: skip
         callbacks.append(monitors.TrainingProgress(
             c.epochs, steps, c.batch_size, c.progress_every_s, start_step))  # fmt: skip
@@ -450,21 +439,6 @@ def _has_tensorflow():
     import importlib.util
 
     return importlib.util.find_spec("tensorflow") is not None
-
-
-class _TensorBoard(keras.callbacks.TensorBoard):
-    """Keras's TensorBoard with batch points numbered by the global step, across resumes.
-
-    Keras restarts its batch count at every `fit` call; a resumed run calls `fit` again.
-    """
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self._global_train_batch = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-
-    def on_epoch_end(self, epoch, logs=None):
-        # Keras adds the optimiser's `learning_rate`; SimSiam's `lr` would be the same curve.
-        super().on_epoch_end(epoch, {k: v for k, v in (logs or {}).items() if k != "lr"})
 
 
 def train_dataset(source, config, strategy=None, start_batch=0, shuffle=True):
@@ -527,10 +501,10 @@ def export_or_explain(model, config, log=print):
         )
         log(f"Exported the backbone to {path}")
         return path
-    code = f"from simsiam_keras import export; export.run({config.workdir!r})"
+    code = f"from simsiam_keras.apps import export; export.run({config.workdir!r})"
     env = dict(os.environ, KERAS_BACKEND="tensorflow")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if done.returncode != 0:
