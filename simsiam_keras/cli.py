@@ -55,7 +55,9 @@ def quiet_logs(argv=None):
     warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed")
     from absl import logging
 
-    logging.get_absl_handler().addFilter(_OwnWarningsAndAllErrors())
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _OwnWarningsAndAllErrors) for f in handler.filters):
+        handler.addFilter(_OwnWarningsAndAllErrors())
 
 
 class _OwnWarningsAndAllErrors:
@@ -152,6 +154,7 @@ def run(main, positional=0, tensorflow=True):
         sys.exit(code)
 
     def parse(argv):
+        flags.FLAGS.unparse_flags()  # a command run before in this process left its values
         try:
             remaining = flags.FLAGS(argv)
         except flags.Error as e:

@@ -94,6 +94,7 @@ def export():
     from absl import flags
 
     main = {"module_name": config.main_module_name()}  # --helpshort lists them
+    config.start_command_flags(("workdir", "out", "checkpoint"))
     flags.DEFINE_string("workdir", None, "A pretraining workdir.", required=True, **main)
     flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/export/backbone).", **main)
     flags.DEFINE_bool("checkpoint", False, "Export the last step checkpoint.", **main)
@@ -123,6 +124,7 @@ def convert():
 
     cli.quiet_logs()  # before anything imports TensorFlow
     module = {"module_name": config.main_module_name()}  # --helpshort lists them
+    config.start_command_flags(("from_torch", "to_torch", "output", "image_size", "overwrite"))
     from_help = "An official .pth.tar (main_simsiam.py, main_lincls.py) or ResNet state dict."
     flags.DEFINE_string("from_torch", None, from_help, **module)
     to_help = "A .keras file (SimSiam, LinearClassifier, backbone) or a workdir with model.keras."

@@ -323,6 +323,7 @@ def define_flags(config_class, flag_values=None):
     fv = flags.FLAGS if flag_values is None else flag_values
     # Registered as the main script's own flags, so that --helpshort lists them.
     where = {"flag_values": fv, "module_name": main_module_name()}
+    start_command_flags([f.name for f in dataclasses.fields(config_class)], fv)
     for field in dataclasses.fields(config_class):
         default = field.default
         help_text, choices = field.metadata["help"], field.metadata["choices"]
@@ -337,6 +338,26 @@ def define_flags(config_class, flag_values=None):
             flags.DEFINE_float(field.name, default, help_text, **where)
         else:
             flags.DEFINE_string(field.name, default, help_text, **where)
+
+
+_COMMAND_FLAGS = set()  # the flags the commands defined in this process
+
+
+def start_command_flags(names=(), flag_values=None):
+    """Removes the flags a command defined before in this process; `names` will be defined.
+
+    One command after another in a process (the tests call the commands in-process): each
+    defines its own flags, with its own defaults and required ones, and none of the last
+    command's may stay behind.
+    """
+    from absl import flags
+
+    fv = flags.FLAGS if flag_values is None else flag_values
+    for name in sorted(_COMMAND_FLAGS | set(names)):
+        if name in fv:
+            delattr(fv, name)
+    _COMMAND_FLAGS.clear()
+    _COMMAND_FLAGS.update(names)
 
 
 def main_module_name():

@@ -29,6 +29,43 @@ def run_script(name, *args, cwd=ROOT, env=None, timeout=900):
     )
 
 
+# The scripts and the command each one calls (`scripts/<name>.py` is `commands.<command>()`).
+COMMANDS = {
+    "pretrain": "pretrain", "linear_eval": "linear_eval", "knn_eval": "knn_eval",
+    "export": "export", "convert_checkpoint": "convert",
+}  # fmt: skip
+
+
+def run_command(name, *args, cwd=None):
+    """`scripts/<name>.py args` in this process: the same command, without a new interpreter.
+
+    What a script does is `commands.<command>()` on `sys.argv`; this calls it with stdout and
+    stderr captured and its `SystemExit` turned into the exit code. Tests of what needs a
+    process of its own (signals, kills, the logs TensorFlow prints at start-up, a fresh import)
+    use `run_script`. Returns a `CompletedProcess` like `run_script`.
+    """
+    import contextlib
+    import io
+
+    from simsiam_keras import commands
+
+    argv = [os.path.join(ROOT, "scripts", f"{name}.py"), *map(str, args)]
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    saved_argv, saved_cwd = sys.argv, os.getcwd()
+    try:
+        sys.argv = argv
+        os.chdir(cwd or ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                getattr(commands, COMMANDS[name])()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 def last_json(result):
     """The JSON object a script printed last; fails with its stderr when it did not succeed."""
     assert result.returncode == 0, result.stderr[-4000:]

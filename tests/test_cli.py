@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from simsiam_keras import checkpoint, cli
-from tests.helpers import ROOT, last_json, run_script, user_environ
+from tests.helpers import COMMANDS, ROOT, last_json, run_command, run_script, user_environ
 
 SMALL = [
     "--dataset=digits", "--backbone=resnet18_cifar", "--width=0.125", "--image_size=16", "--dim=64",
@@ -29,6 +29,10 @@ NOISE = [
 
 def _script(name, *args, cwd=ROOT, timeout=600):
     return run_script(name, *args, cwd=cwd, timeout=timeout)
+
+
+def _command(name, *args, cwd=ROOT):
+    return run_command(name, *args, cwd=cwd)
 
 
 def _files(directory):
@@ -78,14 +82,14 @@ def test_a_workdir_is_never_damaged_and_a_finished_run_is_not_rerun(tmp_path):
     before = _files(work)
 
     # Rerunning the finished run: says so, prints its summary, changes nothing.
-    again = _script("pretrain", f"--flagfile={flagfile}", cwd=tmp_path)
+    again = _command("pretrain", f"--flagfile={flagfile}", cwd=tmp_path)
     assert "is finished" in again.stdout
     rerun = last_json(again)
     assert rerun["already_finished"] and rerun["steps"] == 2
     assert _files(work) == before
 
     # Another run's flags: one line naming the flags that differ; nothing written.
-    other = _script("pretrain", f"--flagfile={flagfile}", "--width=0.25", "--seed=3", cwd=tmp_path)
+    other = _command("pretrain", f"--flagfile={flagfile}", "--width=0.25", "--seed=3", cwd=tmp_path)
     assert other.returncode == 2 and "Traceback" not in other.stderr
     lines = other.stderr.strip().splitlines()
     assert len(lines) == 1 and "--width=0.125 (now 0.25)" in lines[0] and "--seed=0" in lines[0]
@@ -93,7 +97,7 @@ def test_a_workdir_is_never_damaged_and_a_finished_run_is_not_rerun(tmp_path):
     assert _files(work) == before
 
     # Raising --epochs continues the finished run.
-    continued = _script("pretrain", f"--flagfile={flagfile}", "--epochs=2", cwd=tmp_path)
+    continued = _command("pretrain", f"--flagfile={flagfile}", "--epochs=2", cwd=tmp_path)
     assert "(step 2 of 4)" in continued.stdout
     more = last_json(continued)
     assert more["steps"] == 4 and not more.get("already_finished")
@@ -137,7 +141,7 @@ def test_interrupts_save_say_one_line_and_the_rerun_resumes(tmp_path):
     second, log = _interrupt(args, signal.SIGTERM, after_step=first + 2)
     assert f"(step {first} of 40)" in log and first + 2 <= second < 40
     assert checkpoint.read_state(checkpoint.latest(str(work / "checkpoints")))["step"] == second
-    resumed = _script("pretrain", *args)
+    resumed = _command("pretrain", *args)
     assert f"(step {second} of 40)" in resumed.stdout
     assert last_json(resumed)["steps"] == 40
 
@@ -156,7 +160,11 @@ SCRIPTS_WITH_A_BAD_PATH = {
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS_WITH_A_BAD_PATH))
 def test_every_script_fails_with_one_line_on_a_bad_path(name):
-    result = _script(name, *SCRIPTS_WITH_A_BAD_PATH[name], timeout=300)
+    # The commands in this process; the other scripts (their own absl mains) in one each.
+    if name in COMMANDS:
+        result = _command(name, *SCRIPTS_WITH_A_BAD_PATH[name])
+    else:
+        result = _script(name, *SCRIPTS_WITH_A_BAD_PATH[name], timeout=300)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{name}.py: "), result.stderr
@@ -174,9 +182,14 @@ def test_every_script_fails_with_one_line_on_a_bad_path(name):
     ],
 )
 def test_the_installed_commands_are_the_scripts(command, args):
-    # `pip install -e .` installs the console entry points beside this Python.
+    # `pip install -e .` installs the console entry points beside this Python; each calls the
+    # function its script calls. One of them runs in a process of its own.
     path = os.path.join(os.path.dirname(sys.executable), command)
     assert os.path.exists(path), f"{command} is not installed: pip install -e ."
+    function = {"simsiam-convert": "convert"}.get(command, command[8:].replace("-", "_"))
+    assert f"from simsiam_keras.commands import {function}" in open(path).read()
+    if command != "simsiam-pretrain":
+        return
     result = subprocess.run([path, *args], capture_output=True, text=True, timeout=300,
                             env=user_environ())  # fmt: skip
     assert result.returncode == 2, result.stderr
@@ -194,12 +207,12 @@ def test_the_installed_commands_are_the_scripts(command, args):
 )  # fmt: skip
 def test_helpshort_lists_the_scripts_flags(name, flag):
     # What the one-line errors point to ("see --helpshort").
-    result = _script(name, "--helpshort", timeout=300)
+    result = _command(name, "--helpshort")
     assert flag in result.stdout, result.stdout[-2000:]
 
 
 def test_a_flag_typo_is_one_line_with_a_suggestion():
-    result = _script("pretrain", "--epoch=3")
+    result = _command("pretrain", "--epoch=3")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "pretrain.py: Unknown command line flag 'epoch'. Did you mean: epochs ? (see --helpshort)."
@@ -210,7 +223,7 @@ def test_a_corrupt_config_json_stops_with_one_line(tmp_path):
     work = tmp_path / "run"
     work.mkdir()
     (work / "config.json").write_text('{"workdir": ')  # damaged by hand (ours are atomic)
-    result = _script("pretrain", *SMALL, f"--workdir={work}", "--epochs=1", timeout=300)
+    result = _command("pretrain", *SMALL, f"--workdir={work}", "--epochs=1")
     assert result.returncode == 2
     assert (
         result.stderr.strip().splitlines() == [result.stderr.strip()]

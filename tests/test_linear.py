@@ -10,7 +10,7 @@ import tensorflow as tf
 import simsiam_keras as sk
 from simsiam_keras import augment, data, export, linear, report, sources
 from simsiam_keras.history import EpochHistory
-from tests.helpers import SIZE, last_json, run_script, tiny_backbone
+from tests.helpers import ROOT, SIZE, last_json, run_command, tiny_backbone
 
 _backbone = tiny_backbone
 
@@ -97,7 +97,8 @@ def test_export_round_trip_and_loading(saved):
 
 
 def _script(name, *args):
-    return run_script(name.removesuffix(".py"), *args)
+    """The evaluation command `name` in this process, on the embedded digits."""
+    return run_command(name.removesuffix(".py"), "--dataset=digits", *args)
 
 
 def test_linear_eval_and_knn_eval_scripts(saved, tmp_path):
@@ -125,12 +126,13 @@ def test_linear_eval_and_knn_eval_scripts(saved, tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         tops.append(last_json(result)["knn_top1"])
     assert tops[0] == pytest.approx(tops[1], abs=0.5) and tops[0] > 20  # chance is 10
-    # The default on a small dataset (auto -> features) learns: at least the kNN accuracy of
-    # the same backbone, as a linear probe on the same features normally does.
+    # The quickstart's evaluation on a small dataset (auto -> features) learns: at least the
+    # kNN accuracy of the same backbone, as a linear probe on the same features normally does.
     # No --image_size: read from the model (16 px here).
     result = _script(
-        "linear_eval.py", f"--pretrained={tmp / 'model.keras'}", f"--workdir={tmp_path}"
-    )
+        "linear_eval.py", f"--flagfile={ROOT}/configs/quickstart_linear.cfg",
+        f"--pretrained={tmp / 'model.keras'}", f"--workdir={tmp_path}",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     last = last_json(result)
     print(f"linear (features) {last['val_top1']:.1f} vs kNN {tops[0]:.1f}")
