@@ -17,9 +17,7 @@ import keras  # noqa: E402
 import simsiam_keras as sk  # noqa: E402
 from simsiam_keras import convert  # noqa: E402
 from tests import torch_official as official  # noqa: E402
-from tests.helpers import last_json, run_script  # noqa: E402
-
-pytestmark = pytest.mark.multibackend
+from tests.helpers import last_json, run_command  # noqa: E402
 
 WIDTH, DIM, PRED_DIM, SIZE = 0.125, 32, 8, 32
 
@@ -58,7 +56,11 @@ def _assert_same_variables(model, other):
         np.testing.assert_array_equal(before, after)
 
 
-@pytest.mark.parametrize("arch, layers", [("resnet50", 3), ("resnet18_cifar", 2)])
+# The conversion is NumPy and Keras's own layers; one model also runs under JAX and PyTorch.
+@pytest.mark.parametrize(
+    "arch, layers",
+    [("resnet50", 3), pytest.param("resnet18_cifar", 2, marks=pytest.mark.multibackend)],
+)
 def test_main_simsiam_checkpoint_gives_pytorchs_outputs(tmp_path, arch, layers):
     ref = _official_simsiam(arch, layers).eval()
     # A CIFAR port of main_simsiam.py records torchvision's name, "resnet18".
@@ -228,22 +230,22 @@ def test_convert_checkpoint_script_both_ways(tmp_path):
     ref = _official_simsiam("resnet18_cifar", 2)
     path = official.save_main_simsiam(ref, tmp_path / "c.pth.tar", "resnet18")
     out = tmp_path / "model.keras"
-    line = last_json(run_script("convert_checkpoint", "--from_torch", path, "--output", out,
+    line = last_json(run_command("convert_checkpoint", "--from_torch", path, "--output", out,
                                 "--image_size", SIZE))  # fmt: skip
     assert line["what"] == "convert" and line["direction"] == "from_torch"
     assert (line["kind"], line["arch"], line["width"]) == ("simsiam", "resnet18_cifar", WIDTH)
     assert sk.load_backbone(str(out)).input_shape == (None, SIZE, SIZE, 3)
 
     back = tmp_path / "back.pth.tar"
-    line = last_json(run_script("convert_checkpoint", "--to_torch", out, "--output", back))
+    line = last_json(run_command("convert_checkpoint", "--to_torch", out, "--output", back))
     assert (line["direction"], line["output"]) == ("to_torch", str(back))
     state = torch.load(back, map_location="cpu", weights_only=True)["state_dict"]
     assert list(state) == [f"module.{k}" for k in ref.state_dict()]
 
-    again = run_script("convert_checkpoint", "--to_torch", out, "--output", back)
+    again = run_command("convert_checkpoint", "--to_torch", out, "--output", back)
     assert again.returncode == 2 and "--overwrite" in again.stderr
     (tmp_path / "cut.pth.tar").write_bytes(path.read_bytes()[:1000])
-    bad = run_script("convert_checkpoint", "--from_torch", tmp_path / "cut.pth.tar",
+    bad = run_command("convert_checkpoint", "--from_torch", tmp_path / "cut.pth.tar",
                      "--output", tmp_path / "x.keras")  # fmt: skip
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "Could not read a PyTorch checkpoint" in bad.stderr

@@ -1,4 +1,8 @@
-"""The weighted kNN classifier vs a brute-force NumPy reference and on data of known accuracy."""
+"""The weighted kNN classifier vs a brute-force NumPy reference and on data of known accuracy.
+
+The classifier and the feature bank are NumPy whatever the backend: only the tests that run a
+Keras model (feature extraction, the BN recalibration) also run under JAX and PyTorch.
+"""
 
 import dataclasses
 import json
@@ -41,7 +45,6 @@ def _near(rng, points, noise=0.02):
     return _normalize(points + noise * rng.normal(size=points.shape)).astype(np.float32)
 
 
-@pytest.mark.multibackend
 @pytest.mark.parametrize("chunk_size", [1, 7, 50, 1024])
 @pytest.mark.parametrize("k", [1, 10, 500])  # 500 > the 120 train samples: clamped
 def test_knn_predict_matches_brute_force(chunk_size, k):
@@ -56,7 +59,6 @@ def test_knn_predict_matches_brute_force(chunk_size, k):
     np.testing.assert_array_equal(scores.argmax(-1), expected.argmax(-1))
 
 
-@pytest.mark.multibackend
 def test_knn_predict_k_larger_than_train_set_equals_k_equal_to_it():
     rng = np.random.default_rng(1)
     train, labels = rng.normal(size=(30, 8)), rng.integers(0, 3, 30)
@@ -67,7 +69,6 @@ def test_knn_predict_k_larger_than_train_set_equals_k_equal_to_it():
     )
 
 
-@pytest.mark.multibackend
 def test_knn_predict_is_cosine_not_dot_product():
     rng = np.random.default_rng(2)
     train, labels = rng.normal(size=(40, 8)), rng.integers(0, 4, 40)
@@ -80,7 +81,6 @@ def test_knn_predict_is_cosine_not_dot_product():
     )
 
 
-@pytest.mark.multibackend
 def test_well_separated_clusters_are_classified_perfectly():
     rng = np.random.default_rng(3)
     points, labels = _clusters(rng, 5, 60)
@@ -92,7 +92,6 @@ def test_well_separated_clusters_are_classified_perfectly():
     assert result == {"knn_top1": 100.0}
 
 
-@pytest.mark.multibackend
 def test_known_accuracy_with_a_fifth_of_the_val_labels_wrong():
     rng = np.random.default_rng(5)
     train, train_labels = _clusters(rng, 10, 30)
@@ -110,7 +109,6 @@ def test_known_accuracy_with_a_fifth_of_the_val_labels_wrong():
     assert result["knn_top5"] == pytest.approx(80.0 + 100.0 * in_top5.sum() / 200)
 
 
-@pytest.mark.multibackend
 def test_random_labels_give_chance_accuracy():
     rng = np.random.default_rng(6)
     train, val = rng.normal(size=(2000, 16)), rng.normal(size=(2000, 16))
@@ -120,7 +118,6 @@ def test_random_labels_give_chance_accuracy():
     assert abs(result["knn_top5"] - 50.0) < 5.0
 
 
-@pytest.mark.multibackend
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -156,7 +153,6 @@ def _assert_same_classes(scores, expected):
     np.testing.assert_array_equal(scores.argmax(-1)[clear], expected.argmax(-1)[clear])
 
 
-@pytest.mark.multibackend
 @pytest.mark.parametrize("storage", ["array", "float32", "float16", "float16_on_disk"])
 @pytest.mark.parametrize("data", ["random", "ties"])
 def test_chunked_memory_matches_brute_force(tmp_path, storage, data):
@@ -198,7 +194,6 @@ def test_chunked_memory_matches_brute_force(tmp_path, storage, data):
         list(bank.chunks())
 
 
-@pytest.mark.multibackend
 def test_the_chunking_does_not_change_the_answer_with_ties():
     rng = np.random.default_rng(11)
     train, query, labels = _half_grid(rng, 200), _half_grid(rng, 40), rng.integers(0, 5, 200)
@@ -210,7 +205,6 @@ def test_the_chunking_does_not_change_the_answer_with_ties():
         np.testing.assert_array_equal(scores, results[0])
 
 
-@pytest.mark.multibackend
 def test_feature_bank_checks_its_arguments(tmp_path):
     with pytest.raises(ValueError, match="dtype"):
         knn.FeatureBank("bfloat16")
@@ -275,7 +269,6 @@ def test_extract_features_from_tf_data():
     np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.multibackend
 def test_extract_features_rejects_unlabelled_batches():
     with pytest.raises(ValueError, match=r"\(images, labels\)"):
         knn.extract_features(_tiny_backbone(), [np.zeros((2, 8, 8, 3), np.float32)])
@@ -303,7 +296,6 @@ def _np(x):
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 
-@pytest.mark.multibackend
 def test_backbone_knn_accuracy_with_the_memory_on_disk(tmp_path):
     backbone = _tiny_backbone()
     rng = np.random.default_rng(12)

@@ -21,8 +21,9 @@ from tests.helpers import ROOT, last_json, user_environ
 
 SCRIPT = os.path.join(ROOT, "scripts", "linear_eval.py")
 # 2 epochs of 3 steps at batch 64, a checkpoint every step, deterministic data and kernels.
-COMMON = ["--batch_size=64", "--epochs=2", "--steps_per_epoch=3", "--protocol=official",
-          "--deterministic", "--checkpoint_every=1", "--optimizer=sgd", "--base_lr=2"]  # fmt: skip
+COMMON = ["--dataset=digits", "--batch_size=64", "--epochs=2", "--steps_per_epoch=3",
+          "--protocol=official", "--deterministic", "--checkpoint_every=1", "--optimizer=sgd",
+          "--base_lr=2"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,13 @@ from PIL import Image
 
 from simsiam_keras import checkpoint, workdir_lock
 from simsiam_keras.history import EpochHistory
-from tests.helpers import ROOT, last_json, run_script, user_environ
+from tests.helpers import ROOT, last_json, run_command, user_environ
 
 SCRIPT = os.path.join(ROOT, "scripts", "pretrain.py")
 # Three epochs of 6 steps on the digits, kNN on epochs 1, 2 and 3 (every 2, plus the first and
 # the last), deterministic so that an interrupted run can be compared with an uninterrupted one.
 RUN = [
-    "--backbone=resnet18_cifar", "--width=0.125", "--image_size=16", "--dim=64",
+    "--dataset=digits", "--backbone=resnet18_cifar", "--width=0.125", "--image_size=16", "--dim=64",
     "--pred_dim=16", "--batch_size=32", "--epochs=3", "--steps_per_epoch=6", "--knn_every=2",
     "--knn_k=20", "--checkpoint_every=4", "--compare_random_init=false", "--deterministic",
     "--progress_every_s=0", "--seed=1",
@@ -64,7 +64,7 @@ def _signal_when(args, ready, signum=signal.SIGINT, timeout=600):
 
 def test_interrupted_anywhere_then_rerun_finishes_like_an_uninterrupted_run(tmp_path):
     straight = tmp_path / "straight"
-    reference = last_json(run_script("pretrain", *RUN, f"--workdir={straight}"))
+    reference = last_json(run_command("pretrain", *RUN, f"--workdir={straight}"))
     assert reference["steps"] == 18
     work = tmp_path / "interrupted"
     args = [*RUN, f"--workdir={work}"]
@@ -94,7 +94,7 @@ def test_interrupted_anywhere_then_rerun_finishes_like_an_uninterrupted_run(tmp_
     assert err.strip().count("\n") == 0 and "Traceback" not in err, err
     assert not (work / "summary.json").exists() and not (export / "backbone").exists()
     # 5. The same command finishes the run.
-    finished = last_json(run_script("pretrain", *args))
+    finished = last_json(run_command("pretrain", *args))
     assert finished["steps"] == 18 and finished["export"]
     assert (export / "backbone" / "saved_model.pb").exists()
 
@@ -195,7 +195,7 @@ def test_a_second_run_on_a_busy_workdir_stops_at_once_naming_the_holder(tmp_path
             if line.startswith("epoch 1/50  1/6"):
                 break
         before = sorted(os.listdir(work))
-        second = run_script("pretrain", *args, timeout=300)
+        second = run_command("pretrain", *args)
         assert second.returncode == 2, second.stderr
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1, second.stderr
