@@ -33,8 +33,13 @@ import time
 
 import numpy as np
 
-VARIANTS = ("dense_float32", "bank_float32", "bank_float16", "bank_float32_disk",
-            "bank_float16_disk")  # fmt: skip
+VARIANTS = (
+    "dense_float32",
+    "bank_float32",
+    "bank_float16",
+    "bank_float32_disk",
+    "bank_float16_disk",
+)
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
@@ -105,10 +110,15 @@ def _run_variant(args):
     end = time.perf_counter()
     peak = _peak_mb()
     return {
-        "variant": args.variant, "peak_mb": round(peak), "baseline_mb": round(baseline),
-        "knn_mb": round(peak - baseline), "bank_bytes": int(bank_bytes),
-        "knn_top1": result["knn_top1"], "_total_s": end - start, "_knn_s": end - built,
-    }  # fmt: skip
+        "variant": args.variant,
+        "peak_mb": round(peak),
+        "baseline_mb": round(baseline),
+        "knn_mb": round(peak - baseline),
+        "bank_bytes": int(bank_bytes),
+        "knn_top1": result["knn_top1"],
+        "_total_s": end - start,
+        "_knn_s": end - built,
+    }
 
 
 def _run_block(args):
@@ -167,8 +177,13 @@ def main():
     if args.block:
         print(json.dumps(_run_block(args)))
         return
-    shape = [f"--memory={args.memory}", f"--queries={args.queries}", f"--dim={args.dim}",
-             f"--classes={args.classes}", f"--chunk_rows={args.chunk_rows}"]  # fmt: skip
+    shape = [
+        f"--memory={args.memory}",
+        f"--queries={args.queries}",
+        f"--dim={args.dim}",
+        f"--classes={args.classes}",
+        f"--chunk_rows={args.chunk_rows}",
+    ]
     # Rounds in alternating order; per variant the fastest round (the least disturbed by
     # whatever else runs here) and the largest peak.
     runs = {variant: [] for variant in VARIANTS}

@@ -156,11 +156,20 @@ def main():
     print(f"{runner}: {args.arch} {args.size}px batch {args.batch}, op self time per step")
     for name, ms in top:
         print(f"  {ms:9.1f} ms {100 * ms / total:5.1f} %  {name}")
-    print(json.dumps({
-        "what": "profile_step", "runner": runner, "arch": args.arch, "size": args.size,
-        "batch": args.batch, "op_ms_per_step": total, "wall_s": time.perf_counter() - start,
-        "top": [[name, round(ms, 2)] for name, ms in top],
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "what": "profile_step",
+                "runner": runner,
+                "arch": args.arch,
+                "size": args.size,
+                "batch": args.batch,
+                "op_ms_per_step": total,
+                "wall_s": time.perf_counter() - start,
+                "top": [[name, round(ms, 2)] for name, ms in top],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -201,9 +201,13 @@ def two_view_loader(root, per_class, size, blur, batch, workers):
     """Shuffled batches of `[view1, view2]` of a folder, the last partial batch dropped."""
     views = first_per_class(root, per_class, TwoViews(view_transform(size, blur)))
     return torch.utils.data.DataLoader(
-        views, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+        views,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
         persistent_workers=workers > 0,
-    )  # fmt: skip
+    )
 
 
 def train_flops_per_pair(model, x1, x2):
@@ -262,13 +266,19 @@ def cmd_step(args):
     median = sorted(times)[len(times) // 2]
     pairs_per_s = args.batch / median
     result = {
-        "what": "torch_step", "arch": args.arch, "size": args.size, "batch": args.batch,
+        "what": "torch_step",
+        "arch": args.arch,
+        "size": args.size,
+        "batch": args.batch,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "bf16": args.bf16, "channels_last": args.channels_last,
-        "threads": torch.get_num_threads(), "median_step_s": median,
-        "img_per_s": pairs_per_s, "train_gflop_per_pair": flops / 1e9,
+        "bf16": args.bf16,
+        "channels_last": args.channels_last,
+        "threads": torch.get_num_threads(),
+        "median_step_s": median,
+        "img_per_s": pairs_per_s,
+        "train_gflop_per_pair": flops / 1e9,
         "achieved_tflops": flops * pairs_per_s / 1e12,
-    }  # fmt: skip
+    }
     if args.nominal_tflops:
         result["utilisation_of_nominal"] = result["achieved_tflops"] / args.nominal_tflops
     print(json.dumps(result))
@@ -284,10 +294,17 @@ def cmd_pipeline(args):
     for _ in range(args.batches):
         next(batches)
     seconds = time.perf_counter() - start
-    print(json.dumps({
-        "what": "torch_pipeline", "size": args.size, "batch": args.batch,
-        "workers": args.workers, "two_view_img_per_s": args.batch * args.batches / seconds,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "what": "torch_pipeline",
+                "size": args.size,
+                "batch": args.batch,
+                "workers": args.workers,
+                "two_view_img_per_s": args.batch * args.batches / seconds,
+            }
+        )
+    )
 
 
 def cmd_views(args):
@@ -314,10 +331,14 @@ def cmd_views(args):
 @torch.no_grad()
 def eval_features(backbone, root, per_class, size, batch=512):
     """L2-normalised features of the evaluation view (resize, centre crop) and the labels."""
-    transform = transforms.Compose([
-        transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])  # fmt: skip
+    transform = transforms.Compose(
+        [
+            transforms.Resize(size),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     loader = torch.utils.data.DataLoader(
         first_per_class(root, per_class, transform), batch_size=batch, num_workers=1
     )
@@ -373,12 +394,24 @@ def cmd_train(args):
         z_std = F.normalize(z1.detach(), dim=1).std(0).mean().item()
         print(json.dumps({"epoch": epoch, "loss": loss.item(), "z_std": z_std}), flush=True)
     seconds = time.perf_counter() - start
-    print(json.dumps({
-        "what": "torch_train", "arch": args.arch, "width": args.width, "epochs": args.epochs,
-        "per_class": args.per_class, "batch": args.batch, "no_stopgrad": args.no_stopgrad,
-        "knn_top1_init": init_knn, "knn_top1": knn_top1(model.backbone, args), "z_std": z_std,
-        "train_s": seconds, "pairs_per_s": steps * args.batch / seconds,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "what": "torch_train",
+                "arch": args.arch,
+                "width": args.width,
+                "epochs": args.epochs,
+                "per_class": args.per_class,
+                "batch": args.batch,
+                "no_stopgrad": args.no_stopgrad,
+                "knn_top1_init": init_knn,
+                "knn_top1": knn_top1(model.backbone, args),
+                "z_std": z_std,
+                "train_s": seconds,
+                "pairs_per_s": steps * args.batch / seconds,
+            }
+        )
+    )
 
 
 def main():

@@ -289,21 +289,32 @@ def benchmark_views():
 
     from simsiam_keras import augment, data, sources
 
-    source = sources.image_folder(FLAGS.train_dir) if FLAGS.train_dir else (
-        sources.embedded_digits("train", FLAGS.image_size))  # fmt: skip
+    source = (
+        sources.image_folder(FLAGS.train_dir)
+        if FLAGS.train_dir
+        else (sources.embedded_digits("train", FLAGS.image_size))
+    )
     count = FLAGS.batches * FLAGS.batch_size
     ds = data.two_view_dataset(
-        source, FLAGS.batch_size, FLAGS.image_size, blur=FLAGS.blur, shuffle=False,
-        deterministic=True, augment_impl=FLAGS.augment_impl, seed=FLAGS.seed,
-    )  # fmt: skip
+        source,
+        FLAGS.batch_size,
+        FLAGS.image_size,
+        blur=FLAGS.blur,
+        shuffle=False,
+        deterministic=True,
+        augment_impl=FLAGS.augment_impl,
+        seed=FLAGS.seed,
+    )
     mean, std = np.array(augment.IMAGENET_MEAN), np.array(augment.IMAGENET_STD)
     v1, v2 = [], []
     for ((a, b),) in ds.take(FLAGS.batches):
         v1.append(np.asarray(a) * std + mean)
         v2.append(np.asarray(b) * std + mean)
     v1, v2 = (np.concatenate(v).transpose(0, 3, 1, 2) for v in (v1, v2))  # as torch: N, C, H, W
-    shapes = [tf.shape(augment.full_image(item, source.kind))[:2].numpy()
-              for item, _ in source.dataset.take(count)]  # fmt: skip
+    shapes = [
+        tf.shape(augment.full_image(item, source.kind))[:2].numpy()
+        for item, _ in source.dataset.take(count)
+    ]
     if FLAGS.augment_impl == "kerascv":
         from simsiam_keras.kerascv_views import KerasCVRecipe
 
@@ -311,19 +322,27 @@ def benchmark_views():
         boxes = [np.asarray(crop.get_random_transformation())[0] for _ in shapes]
         hw = [((y2 - y1) * h, (x2 - x1) * w) for (y1, x1, y2, x2), (h, w) in zip(boxes, shapes)]
     else:
-        hw = [np.asarray(augment.sample_crop(h, w, tf.constant([FLAGS.seed, i])))[2:]
-              for i, (h, w) in enumerate(shapes)]  # fmt: skip
+        hw = [
+            np.asarray(augment.sample_crop(h, w, tf.constant([FLAGS.seed, i])))[2:]
+            for i, (h, w) in enumerate(shapes)
+        ]
     areas = [ch * cw / (h * w) for (ch, cw), (h, w) in zip(hw, shapes)]
     aspects = [cw / ch for ch, cw in hw]
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "torch_reference_stats", os.path.join(os.path.dirname(__file__), "..", "benchmarks",
-                                              "view_stats.py"))  # fmt: skip
+        "torch_reference_stats",
+        os.path.join(os.path.dirname(__file__), "..", "benchmarks", "view_stats.py"),
+    )
     stats = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stats)
-    return {"what": "keras_views", "augment_impl": FLAGS.augment_impl, "images": len(v1),
-            "size": FLAGS.image_size, **stats.view_statistics(v1, v2, areas, aspects)}  # fmt: skip
+    return {
+        "what": "keras_views",
+        "augment_impl": FLAGS.augment_impl,
+        "images": len(v1),
+        "size": FLAGS.image_size,
+        **stats.view_statistics(v1, v2, areas, aspects),
+    }
 
 
 def main(argv):

@@ -26,9 +26,11 @@ _SIZE = flags.DEFINE_integer("image_size", 96, "View height and width.", lower_b
 _BLUR = flags.DEFINE_bool("blur", True, "Include the Gaussian blur (false: CIFAR variant).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the views.")
 _IMPL = flags.DEFINE_enum(
-    "augment_impl", "simsiam_keras", ["simsiam_keras", "kerascv"],
+    "augment_impl",
+    "simsiam_keras",
+    ["simsiam_keras", "kerascv"],
     "The views: this package's ops or keras-cv's layers (docs/pipeline.md, 'KerasCV views').",
-)  # fmt: skip
+)
 
 
 def view_grid(source, num_images, image_size, blur=True, seed=0, augment_impl="simsiam_keras"):

@@ -141,8 +141,13 @@ def adjust_hue(image, delta):
     return tf.clip_by_value(tf.image.adjust_hue(image, delta), 0.0, 1.0)
 
 
-def jitter_params(seed, brightness=recipe.JITTER[0], contrast=recipe.JITTER[1],
-                  saturation=recipe.JITTER[2], hue=recipe.JITTER[3]):  # fmt: skip
+def jitter_params(
+    seed,
+    brightness=recipe.JITTER[0],
+    contrast=recipe.JITTER[1],
+    saturation=recipe.JITTER[2],
+    hue=recipe.JITTER[3],
+):
     """ColorJitter's random draws: factors [4] and the order [4] of the four ops.
 
     Brightness, contrast and saturation factors ~ U[1 - x, 1 + x], the hue shift ~ U[-h, h];

@@ -99,8 +99,10 @@ def restore(path, model):
     """Loads checkpoint `path` into a built, compiled `model`; returns its state dict."""
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
-    for variables, name in ((model_variables(model), "model.weights.npz"),
-                            (model.optimizer.variables, "optimizer.npz")):  # fmt: skip
+    for variables, name in (
+        (model_variables(model), "model.weights.npz"),
+        (model.optimizer.variables, "optimizer.npz"),
+    ):
         with np.load(os.path.join(path, name)) as arrays:
             if len(arrays.files) != len(variables):
                 raise ValueError(
@@ -167,8 +169,16 @@ class StepCheckpoint(keras.callbacks.Callback):
             steps).
     """
 
-    def __init__(self, directory, every_steps, steps_per_epoch, initial_step=0, keep=2, save=True,
-                 running_metrics=True):  # fmt: skip
+    def __init__(
+        self,
+        directory,
+        every_steps,
+        steps_per_epoch,
+        initial_step=0,
+        keep=2,
+        save=True,
+        running_metrics=True,
+    ):
         super().__init__()
         self.directory = directory
         self.every_steps = every_steps
@@ -203,8 +213,15 @@ class StepCheckpoint(keras.callbacks.Callback):
     def _save(self):
         if self.save_enabled and self._saved_step != self.step:
             epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
-            save(self.directory, self.model, self.step, epoch, in_epoch, self.keep,
-                 self.running_metrics)  # fmt: skip
+            save(
+                self.directory,
+                self.model,
+                self.step,
+                epoch,
+                in_epoch,
+                self.keep,
+                self.running_metrics,
+            )
         self._saved_step = self.step
 
     def on_train_batch_end(self, batch, logs=None):
@@ -229,8 +246,9 @@ class StepCheckpoint(keras.callbacks.Callback):
             self._save()
 
 
-def fit_from(model, dataset_from, epochs, steps_per_epoch, ckpt, callbacks, graceful=True,
-             **fit_kwargs):  # fmt: skip
+def fit_from(
+    model, dataset_from, epochs, steps_per_epoch, ckpt, callbacks, graceful=True, **fit_kwargs
+):
     """`model.fit` from `ckpt.step` (a restored checkpoint's step) to the end of `epochs`.
 
     A run resumed mid-epoch first finishes that epoch (`fit` with the remaining steps), then
@@ -262,11 +280,15 @@ def fit_from(model, dataset_from, epochs, steps_per_epoch, ckpt, callbacks, grac
         while step < total and ckpt.nan_message is None and ckpt.stop_signal is None:
             epoch, in_epoch = divmod(step, steps_per_epoch)
             logs = model.fit(
-                dataset_from(step), initial_epoch=epoch,
+                dataset_from(step),
+                initial_epoch=epoch,
                 epochs=epoch + 1 if in_epoch else epochs,
                 steps_per_epoch=steps_per_epoch - in_epoch if in_epoch else steps_per_epoch,
-                callbacks=callbacks, verbose=0, shuffle=False, **fit_kwargs,
-            ).history  # fmt: skip
+                callbacks=callbacks,
+                verbose=0,
+                shuffle=False,
+                **fit_kwargs,
+            ).history
             for key, values in logs.items():
                 history.setdefault(key, []).extend(float(v) for v in values)
             step = ckpt.step

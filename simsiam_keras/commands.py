@@ -43,11 +43,21 @@ def _pretrain(argv):
     knn, rand, sets = (summary.get(k) for k in ("knn_top1", "random_init_knn_top1", "knn"))
     if knn is not None and sets:
         versus = f" vs random-init {rand:.1f}" if rand is not None else ""
-        print(f"kNN top-1 (k={sets['k']}; memory: {sets['memory']}, {sets['memory_images']:,} "
-              f"images; queries: {sets['queries']}, {sets['query_images']:,} images): "
-              f"pretrained {knn:.1f}{versus}")  # fmt: skip
-    keys = ("train", "knn_top1", "random_init_knn_top1", "knn", "steps", "wall_s",
-            "pairs_per_s", "export")  # fmt: skip
+        print(
+            f"kNN top-1 (k={sets['k']}; memory: {sets['memory']}, {sets['memory_images']:,} "
+            f"images; queries: {sets['queries']}, {sets['query_images']:,} images): "
+            f"pretrained {knn:.1f}{versus}"
+        )
+    keys = (
+        "train",
+        "knn_top1",
+        "random_init_knn_top1",
+        "knn",
+        "steps",
+        "wall_s",
+        "pairs_per_s",
+        "export",
+    )
     line = {"what": "pretrain", **{k: summary.get(k) for k in keys}}
     line["already_finished"] = bool(summary.get("already_finished"))
     print(report.json_line(line))
@@ -158,8 +168,9 @@ def _convert(argv):
         os.path.isfile(os.path.join(source, "model.keras"))
         or (os.path.isfile(source) and source.endswith(".keras"))
     ):
-        raise cli.UsageError(f"--to_torch: not a .keras file or a workdir with model.keras: "
-                             f"{source!r}")  # fmt: skip
+        raise cli.UsageError(
+            f"--to_torch: not a .keras file or a workdir with model.keras: {source!r}"
+        )
     if fv.from_torch and not output.endswith(".keras"):
         raise cli.UsageError(f"--output: a Keras model file ends in .keras: {output!r}")
     if fv.to_torch and fv.image_size is not None:
@@ -178,6 +189,11 @@ def _convert(argv):
         lib.write_atomically(output, model.save, suffix=".keras")
     else:
         architecture = lib.to_torch(source, output)
-    line = {"what": "convert", "direction": flag[2:], "input": os.path.abspath(source),
-            "output": os.path.abspath(output), **dataclasses.asdict(architecture)}  # fmt: skip
+    line = {
+        "what": "convert",
+        "direction": flag[2:],
+        "input": os.path.abspath(source),
+        "output": os.path.abspath(output),
+        **dataclasses.asdict(architecture),
+    }
     print(json.dumps({k: v for k, v in line.items() if v not in (None, ())}))

@@ -51,31 +51,38 @@ class PretrainConfig:
         None,
         "Checkpoints, logs, summary and export (default: runs/<flagfile name>, else runs/default).",
         resumable=True,
-    )  # fmt: skip
+    )
     dataset: str = setting("imagenet2012", "'digits' (embedded, offline) or a TFDS name.")
     data_dir: str | None = setting(None, "TFDS data directory.", resumable=True)
     train_dir: str | None = setting(
         None, "Image folder to pretrain on (selects the folder source).", check="dir"
     )
     val_dir: str | None = setting(
-        None, "Labelled image folder: the kNN monitor's queries (default: --knn_holdout).",
-        check="dir", resumable=True,
-    )  # fmt: skip
+        None,
+        "Labelled image folder: the kNN monitor's queries (default: --knn_holdout).",
+        check="dir",
+        resumable=True,
+    )
     knn_holdout: int | None = setting(
-        None, "Without --val_dir: images of a labelled --train_dir held out of training as the "
+        None,
+        "Without --val_dir: images of a labelled --train_dir held out of training as the "
         "kNN monitor's queries (default: 10% of each class, at most 10,000 in all; 0: none, "
-        "no monitor). Listed in WORKDIR/knn_holdout.txt.", "non_negative",
-    )  # fmt: skip
+        "no monitor). Listed in WORKDIR/knn_holdout.txt.",
+        "non_negative",
+    )
     backbone: str = setting("resnet50", "The encoder's backbone.", choices=BACKBONES)
     width: float = setting(1.0, "Channel width multiplier (1: the paper's networks).", "positive")
     image_size: int = setting(224, "Input height and width.", "positive")
     batch_size: int = setting(512, "Global batch size (all replicas).", "positive")
-    epochs: int = setting(100, "Epochs (a larger value continues a finished run).", "positive",
-                          resumable=True)  # fmt: skip
-    base_lr: float = setting(0.05, "lr per 256 images (paper: 0.05 ImageNet, 0.03 CIFAR).",
-                             "positive")  # fmt: skip
-    weight_decay: float = setting(1e-4, "L2 weight decay (paper: 1e-4 ImageNet, 5e-4 CIFAR).",
-                                  "non_negative")  # fmt: skip
+    epochs: int = setting(
+        100, "Epochs (a larger value continues a finished run).", "positive", resumable=True
+    )
+    base_lr: float = setting(
+        0.05, "lr per 256 images (paper: 0.05 ImageNet, 0.03 CIFAR).", "positive"
+    )
+    weight_decay: float = setting(
+        1e-4, "L2 weight decay (paper: 1e-4 ImageNet, 5e-4 CIFAR).", "non_negative"
+    )
     fix_pred_lr: bool = setting(True, "Keep the predictor's lr constant (paper Table 1).")
     warmup_epochs: int = setting(
         0, "Linear warm-up epochs (paper: 10 for batch >= 1024).", "non_negative"
@@ -83,9 +90,10 @@ class PretrainConfig:
     dim: int = setting(2048, "Projector output width.", "positive")
     pred_dim: int = setting(512, "Predictor bottleneck width.", "positive")
     projector_layers: int | None = setting(
-        None, "Projector layers: 2 (CIFAR, App. D) or 3 (default: 2 for resnet18_cifar).",
+        None,
+        "Projector layers: 2 (CIFAR, App. D) or 3 (default: 2 for resnet18_cifar).",
         "positive",
-    )  # fmt: skip
+    )
     blur: bool | None = setting(None, "Gaussian blur in the views (default: on above 32 px).")
     strategy: str = setting(
         "auto",
@@ -93,47 +101,50 @@ class PretrainConfig:
         "DataParallel; multi_worker: tf MultiWorkerMirroredStrategy from TF_CONFIG (run the "
         "same command on every worker, --workdir on shared storage; worker 0 writes). "
         "PyTorch: one device.",
-        choices=STRATEGIES, resumable=True,
-    )  # fmt: skip
+        choices=STRATEGIES,
+        resumable=True,
+    )
     augment_impl: str = setting(
         "simsiam_keras",
         "The views: simsiam_keras (torchvision's semantics, seeded per image) or kerascv "
         "(keras-cv layers with the paper's parameters; docs/pipeline.md, 'KerasCV views').",
         choices=AUGMENT_IMPLS,
-    )  # fmt: skip
+    )
     augment_on: str = setting(
         "host",
         "Where the views' steps after the crop run: host (tf.data, beside the step) or device "
         "(ViewAugment inside the train step, on the accelerator; docs/speed.md).",
         choices=("host", "device"),
-    )  # fmt: skip
+    )
     mixed_precision: str = setting("none", "Compute precision.", choices=PRECISIONS)
     seed: int = setting(0, "Seed.")
     stop_gradient: bool = setting(
         True, "The stop-gradient on z (--nostop_gradient: the Fig. 2 collapse ablation)."
     )
     knn_every: int = setting(
-        0, "kNN monitor every N epochs (0: off; it needs labelled train and validation data).",
-        "non_negative", resumable=True,
-    )  # fmt: skip
-    knn_k: int = setting(200, "kNN monitor: neighbours (paper: 200).", "positive",
-                         resumable=True)  # fmt: skip
-    checkpoint_every: int = setting(1000, "Steps between checkpoints.", "positive",
-                                    resumable=True)  # fmt: skip
+        0,
+        "kNN monitor every N epochs (0: off; it needs labelled train and validation data).",
+        "non_negative",
+        resumable=True,
+    )
+    knn_k: int = setting(200, "kNN monitor: neighbours (paper: 200).", "positive", resumable=True)
+    checkpoint_every: int = setting(1000, "Steps between checkpoints.", "positive", resumable=True)
     steps_per_epoch: int | None = setting(
         None, "Cap on steps per epoch (smoke runs; default: the whole split).", "positive"
     )
     deterministic: bool = setting(False, "Fixed data order, views and kernels for the seed.")
-    export: bool = setting(True, "Export the backbone as a SavedModel at the end.",
-                           resumable=True)  # fmt: skip
+    export: bool = setting(True, "Export the backbone as a SavedModel at the end.", resumable=True)
     compare_random_init: bool = setting(
-        False, "Also report a random-init encoder's kNN (BN statistics recomputed).",
+        False,
+        "Also report a random-init encoder's kNN (BN statistics recomputed).",
         resumable=True,
-    )  # fmt: skip
+    )
     progress_every_s: float = setting(
-        30.0, "Seconds between progress lines when not on a terminal.", "non_negative",
+        30.0,
+        "Seconds between progress lines when not on a terminal.",
+        "non_negative",
         resumable=True,
-    )  # fmt: skip
+    )
 
     def check(self):
         """The checks that involve more than one setting or the file system."""
@@ -144,13 +155,17 @@ class PretrainConfig:
         if self.val_dir and not self.train_dir:
             raise ConfigError("{} needs {} (the kNN memory).", "val_dir", "train_dir")
         if self.augment_on == "device" and self.augment_impl == "kerascv":
-            raise ConfigError("{}=device runs this package's views; {}=kerascv runs on the host.",
-                              "augment_on", "augment_impl")  # fmt: skip
+            raise ConfigError(
+                "{}=device runs this package's views; {}=kerascv runs on the host.",
+                "augment_on",
+                "augment_impl",
+            )
         if self.warmup_epochs >= self.epochs:
             raise ConfigError(
                 f"{{}} ({self.warmup_epochs}) must be < {{}} ({self.epochs}).",
-                "warmup_epochs", "epochs",
-            )  # fmt: skip
+                "warmup_epochs",
+                "epochs",
+            )
 
 
 @dataclasses.dataclass
@@ -158,9 +173,11 @@ class EvaluationData:
     """What both evaluations read: the pretrained model and the labelled data."""
 
     pretrained: str | None = setting(
-        None, "A .keras SimSiam/backbone file, an exported SavedModel or a pretraining workdir.",
-        "exists", resumable=True,  # a resumed evaluation checks the weights, not the path
-    )  # fmt: skip
+        None,
+        "A .keras SimSiam/backbone file, an exported SavedModel or a pretraining workdir.",
+        "exists",
+        resumable=True,  # a resumed evaluation checks the weights, not the path
+    )
     dataset: str = setting("imagenet2012", "'digits' (embedded) or a TFDS name.")
     data_dir: str | None = setting(None, "TFDS data directory.", resumable=True)
     train_dir: str | None = setting(
@@ -178,8 +195,9 @@ class EvaluationData:
         if not self.pretrained:
             raise ConfigError("{} is required.", "pretrained")
         if bool(self.train_dir) != bool(self.val_dir):
-            raise ConfigError("{} and {} go together (both labelled folders).",
-                              "train_dir", "val_dir")  # fmt: skip
+            raise ConfigError(
+                "{} and {} go together (both labelled folders).", "train_dir", "val_dir"
+            )
 
 
 @dataclasses.dataclass
@@ -187,9 +205,11 @@ class LinearConfig(EvaluationData):
     """A linear evaluation. Defaults: the paper's ImageNet protocol (App. A)."""
 
     workdir: str | None = setting(
-        None, "Where results go (default: beside --pretrained); --protocol=official keeps its "
-        "checkpoints in WORKDIR/linear_eval/ and resumes from them.", resumable=True,
-    )  # fmt: skip
+        None,
+        "Where results go (default: beside --pretrained); --protocol=official keeps its "
+        "checkpoints in WORKDIR/linear_eval/ and resumes from them.",
+        resumable=True,
+    )
     batch_size: int = setting(4096, "Global batch size (all replicas).", "positive")
     epochs: int = setting(90, "Epochs of the official protocol.", "positive")
     protocol: str = setting(
@@ -198,24 +218,26 @@ class LinearConfig(EvaluationData):
         "features, exact and fast for small datasets; auto: features up to 200,000 "
         "training images.",
         choices=("auto", "official", "features"),
-    )  # fmt: skip
+    )
     optimizer: str = setting("lars", "LARS or plain SGD.", choices=("lars", "sgd"))
-    base_lr: float | None = setting(None, "lr per 256 images (default: LARS 0.1, SGD 30).",
-                                    "positive")  # fmt: skip
+    base_lr: float | None = setting(
+        None, "lr per 256 images (default: LARS 0.1, SGD 30).", "positive"
+    )
     weight_decay: float = setting(0.0, "L2 weight decay (paper: 0).", "non_negative")
-    steps_per_epoch: int | None = setting(None, "Cap on steps per epoch (smoke runs).",
-                                          "positive")  # fmt: skip
+    steps_per_epoch: int | None = setting(None, "Cap on steps per epoch (smoke runs).", "positive")
     seed: int = setting(0, "Seed.")
     strategy: str = setting(
         "auto",
         "As pretraining's: auto, one_device, mirrored (tf MirroredStrategy, JAX DataParallel) "
         "or multi_worker (tf, from TF_CONFIG; the chief writes).",
-        choices=STRATEGIES, resumable=True,
-    )  # fmt: skip
+        choices=STRATEGIES,
+        resumable=True,
+    )
     mixed_precision: str = setting(
-        "none", "Compute precision of the frozen backbone (the linear layer stays float32).",
+        "none",
+        "Compute precision of the frozen backbone (the linear layer stays float32).",
         choices=PRECISIONS,
-    )  # fmt: skip
+    )
     checkpoint_every: int = setting(
         1000, "--protocol=official: steps between checkpoints.", "positive", resumable=True
     )
@@ -224,9 +246,11 @@ class LinearConfig(EvaluationData):
         1.0, "--protocol=features: inverse L2 strength on standardised features.", "positive"
     )
     progress_every_s: float = setting(
-        30.0, "Seconds between progress lines when not on a terminal.", "non_negative",
+        30.0,
+        "Seconds between progress lines when not on a terminal.",
+        "non_negative",
         resumable=True,
-    )  # fmt: skip
+    )
 
     def check(self):
         """The evaluation's checks, and a workdir that is not a file."""
@@ -247,11 +271,12 @@ class KnnConfig(EvaluationData):
         "How the features are stored: float16 (half of float32; similarities are computed in "
         "float32) or float32 (docs/knn_memory.md).",
         choices=("float16", "float32"),
-    )  # fmt: skip
+    )
     memory_dir: str | None = setting(
-        None, "Keep the memory (train features) on disk, one .npy file per chunk, in a "
+        None,
+        "Keep the memory (train features) on disk, one .npy file per chunk, in a "
         "temporary folder inside this existing folder, removed at the end (default: in RAM).",
-    )  # fmt: skip
+    )
     chunk_rows: int = setting(
         8192, "Memory rows per chunk: per file, and per similarity block.", "positive"
     )

@@ -367,8 +367,9 @@ def build_keras(state, architecture, image_size=None):
     a = architecture
     backbone = backbones.build_resnet(a.arch, a.width, image_size, synchronized_bn=False)
     if a.kind == "simsiam":
-        model = model_lib.SimSiam(backbone, a.dim, a.pred_dim, a.projector_layers,
-                                  synchronized_bn=False)  # fmt: skip
+        model = model_lib.SimSiam(
+            backbone, a.dim, a.pred_dim, a.projector_layers, synchronized_bn=False
+        )
     elif a.kind == "linear_classifier":
         model = linear.LinearClassifier(backbone, a.num_classes)
         model(np.zeros((1, image_size or 32, image_size or 32, 3), "float32"))  # builds fc

@@ -188,8 +188,9 @@ def _kerascv_views(ds, source, batch_size, image_size, blur, seed, deterministic
     ds = ds.ignore_errors().batch(batch_size, drop_remainder=True)
     ds = ds.map(
         lambda c1, c2: ((views.finish_views(c1), views.finish_views(c2)),),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic,
-    )  # fmt: skip
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -104,8 +104,9 @@ def start(strategy_name, mixed_precision, batch_size):
         keras.mixed_precision.set_global_policy(f"mixed_{mixed_precision}")
     strategy, replicas = make_strategy(strategy_name)
     if batch_size % replicas:
-        raise ConfigError(f"{{}} {batch_size} is not divisible by {replicas} replicas.",
-                          "batch_size")  # fmt: skip
+        raise ConfigError(
+            f"{{}} {batch_size} is not divisible by {replicas} replicas.", "batch_size"
+        )
     return strategy, replicas
 
 

@@ -58,13 +58,20 @@ class KerasCVRecipe:
         b, c, _, h = recipe.JITTER
         self.image_size = image_size
         self.crop = layers.RandomCropAndResize(
-            (image_size, image_size), crop_area_factor=recipe.CROP_SCALE,
-            aspect_ratio_factor=recipe.CROP_RATIO, interpolation="bilinear", seed=seed,
-        )  # fmt: skip
+            (image_size, image_size),
+            crop_area_factor=recipe.CROP_SCALE,
+            aspect_ratio_factor=recipe.CROP_RATIO,
+            interpolation="bilinear",
+            seed=seed,
+        )
         jitter = layers.RandomColorJitter(
-            value_range=(0, 1), brightness_factor=b, contrast_factor=c,
-            saturation_factor=SATURATION_FACTOR, hue_factor=2 * h, seed=seed + 1,
-        )  # fmt: skip
+            value_range=(0, 1),
+            brightness_factor=b,
+            contrast_factor=c,
+            saturation_factor=SATURATION_FACTOR,
+            hue_factor=2 * h,
+            seed=seed + 1,
+        )
         self.jitter = layers.RandomApply(jitter, rate=recipe.P_JITTER, seed=seed + 2)
         gray = layers.Grayscale(output_channels=3)
         self.grayscale = layers.RandomApply(gray, rate=recipe.P_GRAY, seed=seed + 3)

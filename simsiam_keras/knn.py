@@ -166,9 +166,14 @@ def extract_features(backbone, dataset, batch_size=256, normalize=True, progress
 
 
 def extract_bank(
-    backbone, dataset, batch_size=256, dtype="float16", directory=None, chunk_rows=8192,
+    backbone,
+    dataset,
+    batch_size=256,
+    dtype="float16",
+    directory=None,
+    chunk_rows=8192,
     progress_every_s=None,
-):  # fmt: skip
+):
     """The L2-normalised features of a labelled dataset in a `FeatureBank` (the kNN memory).
 
     Args:
@@ -431,10 +436,14 @@ def knn_accuracy(
         num_classes = int(max(np.max(memory.labels, initial=0), np.max(query_labels))) + 1
     nearest = _neighbours(memory, query_features, num_classes, k, temperature, chunk_size)
     # Stable sort of the negated scores: ties keep the lower class index first.
-    ranking = np.concatenate([
-        np.argsort(-_votes(sims, labels, num_classes, temperature), axis=-1, kind="stable")[:, :5]
-        for sims, labels in nearest
-    ])  # fmt: skip
+    ranking = np.concatenate(
+        [
+            np.argsort(-_votes(sims, labels, num_classes, temperature), axis=-1, kind="stable")[
+                :, :5
+            ]
+            for sims, labels in nearest
+        ]
+    )
     hits = ranking == query_labels[:, None]
     result = {"knn_top1": 100.0 * float(np.mean(hits[:, 0]))}
     if num_classes > 5:
@@ -443,9 +452,19 @@ def knn_accuracy(
 
 
 def backbone_knn_accuracy(
-    backbone, train_data, val_data, num_classes=None, k=200, temperature=0.2, batch_size=256,
-    progress_every_s=None, *, feature_dtype="float16", memory_dir=None, chunk_rows=8192,
-):  # fmt: skip
+    backbone,
+    train_data,
+    val_data,
+    num_classes=None,
+    k=200,
+    temperature=0.2,
+    batch_size=256,
+    progress_every_s=None,
+    *,
+    feature_dtype="float16",
+    memory_dir=None,
+    chunk_rows=8192,
+):
     """The kNN accuracy of `backbone`: features of `train_data` (the memory) and `val_data`.
 
     The one entry point used by `KNNMonitor`, `scripts/knn_eval.py` and the pretraining run.
@@ -455,10 +474,11 @@ def backbone_knn_accuracy(
     """
     every = progress_every_s
     with (
-        extract_bank(backbone, train_data, batch_size, feature_dtype, memory_dir, chunk_rows,
-                     every) as memory,
+        extract_bank(
+            backbone, train_data, batch_size, feature_dtype, memory_dir, chunk_rows, every
+        ) as memory,
         extract_bank(backbone, val_data, batch_size, feature_dtype, None, 1024, every) as queries,
-    ):  # fmt: skip
+    ):
         return knn_accuracy(memory, None, queries, None, num_classes, k, temperature)
 
 

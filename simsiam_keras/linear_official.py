@@ -78,15 +78,32 @@ def _train_dataset(source, config, image_size, strategy, start_batch):
 
     def batches(batch_size, input_context):
         return data.labeled_dataset(
-            source, batch_size, image_size, train=True, seed=c.seed, repeat=True,
-            deterministic=c.deterministic, input_context=input_context, start_batch=start_batch,
-        )  # fmt: skip
+            source,
+            batch_size,
+            image_size,
+            train=True,
+            seed=c.seed,
+            repeat=True,
+            deterministic=c.deterministic,
+            input_context=input_context,
+            start_batch=start_batch,
+        )
 
     return distribute.per_worker_dataset(strategy, c.batch_size, batches)
 
 
-def fit_on_views(config, model, train_source, val_source, image_size, strategy, workdir,
-                 weights_id, trained, log=print):  # fmt: skip
+def fit_on_views(
+    config,
+    model,
+    train_source,
+    val_source,
+    image_size,
+    strategy,
+    workdir,
+    weights_id,
+    trained,
+    log=print,
+):
     """Trains `model`'s linear layer on augmented views (the official protocol), resuming.
 
     Args:
@@ -119,7 +136,7 @@ def fit_on_views(config, model, train_source, val_source, image_size, strategy, 
         model.compile(
             optimizer=linear_optimizer(
                 c.optimizer, c.batch_size, c.epochs, steps, c.base_lr, c.weight_decay
-            ),  # fmt: skip
+            ),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             # Weighted: the padding of the last validation batch has weight 0.
             weighted_metrics=[
@@ -136,27 +153,48 @@ def fit_on_views(config, model, train_source, val_source, image_size, strategy, 
         distribute.check_same_start(strategy, start_step)
     if found:
         checkpoint.restore(found, model)
-        log(f"Resuming the linear evaluation from {found} (step {start_step} of "
-            f"{c.epochs * steps}).")  # fmt: skip
+        log(
+            f"Resuming the linear evaluation from {found} (step {start_step} of "
+            f"{c.epochs * steps})."
+        )
     if chief:  # what the run is, for whoever finds the directory
         os.makedirs(directory, exist_ok=True)
         report.write_json(os.path.join(directory, "config.json"), settings)
-    ckpt = checkpoint.StepCheckpoint(ckpt_dir, c.checkpoint_every, steps, start_step, save=chief,
-                                     running_metrics=not multi_worker)  # fmt: skip
+    ckpt = checkpoint.StepCheckpoint(
+        ckpt_dir,
+        c.checkpoint_every,
+        steps,
+        start_step,
+        save=chief,
+        running_metrics=not multi_worker,
+    )
     record = EpochHistory.load(csv_path, start_step // steps)  # the whole epochs before
     callbacks = [HistoryLogger(record, write=chief)]
     if chief:
-        callbacks.append(monitors.TrainingProgress(
-            c.epochs, steps, c.batch_size, c.progress_every_s, start_step,
-            shown=("loss", "top1"), unit="images/s",
-        ))  # fmt: skip
+        callbacks.append(
+            monitors.TrainingProgress(
+                c.epochs,
+                steps,
+                c.batch_size,
+                c.progress_every_s,
+                start_step,
+                shown=("loss", "top1"),
+                unit="images/s",
+            )
+        )
     callbacks.append(ckpt)  # last: an epoch's end is saved once its row is written
     val_ds = _validation_dataset(val_source, c.batch_size, image_size)
     history = checkpoint.fit_from(
-        model, lambda step: _train_dataset(train_source, c, image_size, strategy, step),
-        c.epochs, steps, ckpt, callbacks, graceful=not multi_worker, validation_data=val_ds,
+        model,
+        lambda step: _train_dataset(train_source, c, image_size, strategy, step),
+        c.epochs,
+        steps,
+        ckpt,
+        callbacks,
+        graceful=not multi_worker,
+        validation_data=val_ds,
         validation_steps=-(-val_source.size // c.batch_size),  # one pass of the repeated set
-    )  # fmt: skip
+    )
     if ckpt.nan_message:
         raise FloatingPointError(ckpt.nan_message)
     if ckpt.stop_signal is not None:

@@ -112,9 +112,15 @@ class KNNMonitor(EpochSteps):
         """Runs the kNN evaluation now; returns `{"knn_top1": ...}` (plus `"knn_top5"`)."""
         backbone = _backbone_of(self.model, "KNNMonitor")
         return knn.backbone_knn_accuracy(
-            backbone, self.train_data, self.val_data, self.num_classes, self.k,
-            self.temperature, self.batch_size, self.progress_every_s,
-        )  # fmt: skip
+            backbone,
+            self.train_data,
+            self.val_data,
+            self.num_classes,
+            self.k,
+            self.temperature,
+            self.batch_size,
+            self.progress_every_s,
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.epoch_complete():
@@ -278,8 +284,17 @@ class TrainingProgress(keras.callbacks.Callback):
         unit: the rate's unit (steps x batch size per second).
     """
 
-    def __init__(self, epochs, steps_per_epoch, batch_size, every_s=30.0, initial_step=0,
-                 stream=None, shown=("loss", "z_std", "lr"), unit="pairs/s"):  # fmt: skip
+    def __init__(
+        self,
+        epochs,
+        steps_per_epoch,
+        batch_size,
+        every_s=30.0,
+        initial_step=0,
+        stream=None,
+        shown=("loss", "z_std", "lr"),
+        unit="pairs/s",
+    ):
         super().__init__()
         self.shown = shown
         self.unit = unit
@@ -295,9 +310,13 @@ class TrainingProgress(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.progress = report.Progress(
-            f"epoch {epoch + 1}/{self.epochs}", self.steps_per_epoch, self.unit,
-            self.batch_size, self.every_s, self.stream,
-        )  # fmt: skip
+            f"epoch {epoch + 1}/{self.epochs}",
+            self.steps_per_epoch,
+            self.unit,
+            self.batch_size,
+            self.every_s,
+            self.stream,
+        )
         self._epoch_start = self.in_epoch
 
     def on_train_batch_end(self, batch, logs=None):

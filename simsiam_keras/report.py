@@ -56,8 +56,14 @@ def plot_history(history, path, title="SimSiam"):
         if len(points) <= 3:  # a short run: the values themselves, not an axis of round-off
             ax.margins(y=0.25)
             for e, v in points:
-                ax.annotate(f"{v:.4g}", (e, v), textcoords="offset points", xytext=(0, 6),
-                            ha="center", fontsize=8)  # fmt: skip
+                ax.annotate(
+                    f"{v:.4g}",
+                    (e, v),
+                    textcoords="offset points",
+                    xytext=(0, 6),
+                    ha="center",
+                    fontsize=8,
+                )
         xs = sorted({e for e, _ in points})
         if 0 < len(xs) <= 10:
             ax.set_xticks(xs)
@@ -101,8 +107,9 @@ class Progress:
         stream: where to write (default: stdout).
     """
 
-    def __init__(self, what, total=None, unit="steps/s", units_per_step=1, every_s=30.0,
-                 stream=None):  # fmt: skip
+    def __init__(
+        self, what, total=None, unit="steps/s", units_per_step=1, every_s=30.0, stream=None
+    ):
         self.what = what
         self.total = total
         self.unit = unit

@@ -42,9 +42,18 @@ STEPS = 3
 
 def _config():
     return pretrain.PretrainConfig(
-        workdir="unused", backbone="resnet18_cifar", width=0.125, image_size=16, dim=32,
-        pred_dim=8, batch_size=16, epochs=1, base_lr=0.5, weight_decay=1e-4, deterministic=True,
-    )  # fmt: skip
+        workdir="unused",
+        backbone="resnet18_cifar",
+        width=0.125,
+        image_size=16,
+        dim=32,
+        pred_dim=8,
+        batch_size=16,
+        epochs=1,
+        base_lr=0.5,
+        weight_decay=1e-4,
+        deterministic=True,
+    )
 
 
 def _build(config):
@@ -66,9 +75,13 @@ def _upstream_bugs():
     """1 for each upstream bug of `simsiam_keras.workarounds` that still happens here, else 0."""
     found = {}
     scalar = STRATEGY.run(lambda: tf.constant(1.0))
-    batch = next(iter(STRATEGY.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensor_slices(((tf.ones([8, 4]), tf.ones([8, 4])),)).batch(4)
-    )))  # fmt: skip
+    batch = next(
+        iter(
+            STRATEGY.experimental_distribute_dataset(
+                tf.data.Dataset.from_tensor_slices(((tf.ones([8, 4]), tf.ones([8, 4])),)).batch(4)
+            )
+        )
+    )
     for name, value, axis in (("tf_72388", scalar, 0), ("keras_20585", batch, None)):
         try:
             STRATEGY.reduce("MEAN", value, axis=axis)

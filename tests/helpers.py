@@ -9,9 +9,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16  # the image size of the tiny models
 # A few steps of a tiny pretraining run: the flags most CLI tests start from.
 SMALL_PRETRAIN = [
-    "--dataset=digits", "--backbone=resnet18_cifar", "--width=0.125", "--image_size=16", "--dim=64",
-    "--pred_dim=16", "--batch_size=64", "--knn_every=0", "--compare_random_init=false",
-]  # fmt: skip
+    "--dataset=digits",
+    "--backbone=resnet18_cifar",
+    "--width=0.125",
+    "--image_size=16",
+    "--dim=64",
+    "--pred_dim=16",
+    "--batch_size=64",
+    "--knn_every=0",
+    "--compare_random_init=false",
+]
 
 
 def user_environ(**overrides):
@@ -31,9 +38,12 @@ def run_script(name, *args, cwd=ROOT, env=None, timeout=900):
 
 # The scripts and the command each one calls (`scripts/<name>.py` is `commands.<command>()`).
 COMMANDS = {
-    "pretrain": "pretrain", "linear_eval": "linear_eval", "knn_eval": "knn_eval",
-    "export": "export", "convert_checkpoint": "convert",
-}  # fmt: skip
+    "pretrain": "pretrain",
+    "linear_eval": "linear_eval",
+    "knn_eval": "knn_eval",
+    "export": "export",
+    "convert_checkpoint": "convert",
+}
 
 
 def run_command(name, *args, cwd=None):

@@ -63,8 +63,9 @@ def test_pipeline_benchmark_and_show_views(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert Image.open(out).size == (3 * 16, 3 * 16)  # original | view 1 | view 2, 3 rows
-    result = subprocess.run(cmd + ["--augment_impl=kerascv"], capture_output=True, text=True,
-                            timeout=600, cwd=ROOT)  # fmt: skip
+    result = subprocess.run(
+        cmd + ["--augment_impl=kerascv"], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     views = [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "views"]
     views += ["--image_size=16", "--batch_size=8", "--batches=2", "--augment_impl=kerascv"]
@@ -81,8 +82,12 @@ def test_view_statistics_formulas():
     gray = np.full((2, 3, 4, 4), 0.5)
     colour = np.zeros((2, 3, 4, 4))
     colour[:, 0] = 1.0  # red
-    stats = view_statistics(np.concatenate([gray, colour]), np.zeros((4, 3, 4, 4)),
-                            [0.2, 0.4, 0.6, 0.8], [1.0, 1.0, 0.75, 4 / 3])  # fmt: skip
+    stats = view_statistics(
+        np.concatenate([gray, colour]),
+        np.zeros((4, 3, 4, 4)),
+        [0.2, 0.4, 0.6, 0.8],
+        [1.0, 1.0, 0.75, 4 / 3],
+    )
     assert stats["grayscale_fraction"] == 0.5
     assert stats["channel_mean"] == [0.75, 0.25, 0.25]
     assert stats["mean_abs_view_difference"] == pytest.approx((0.5 * 2 + 1 / 3 * 2) / 4, abs=1e-4)

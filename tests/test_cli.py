@@ -16,15 +16,27 @@ from simsiam_keras import checkpoint, cli
 from tests.helpers import COMMANDS, ROOT, last_json, run_command, run_script, user_environ
 
 SMALL = [
-    "--dataset=digits", "--backbone=resnet18_cifar", "--width=0.125", "--image_size=16", "--dim=64",
-    "--pred_dim=16", "--batch_size=32", "--knn_every=0", "--compare_random_init=false",
+    "--dataset=digits",
+    "--backbone=resnet18_cifar",
+    "--width=0.125",
+    "--image_size=16",
+    "--dim=64",
+    "--pred_dim=16",
+    "--batch_size=32",
+    "--knn_every=0",
+    "--compare_random_init=false",
     "--export=false",
-]  # fmt: skip
+]
 # What stderr must not hold on a plain run (each was seen there before).
 NOISE = [
-    r"I0000 ", r"absl::InitializeLog", r"cuInit", r"shuffle=True", r"ran out of data",
-    r"Traceback", r"^[IWE]\d{4} ",
-]  # fmt: skip
+    r"I0000 ",
+    r"absl::InitializeLog",
+    r"cuInit",
+    r"shuffle=True",
+    r"ran out of data",
+    r"Traceback",
+    r"^[IWE]\d{4} ",
+]
 
 
 def _script(name, *args, cwd=ROOT, timeout=600):
@@ -132,8 +144,14 @@ def test_interrupts_save_say_one_line_and_the_rerun_resumes(tmp_path):
     # Ctrl-C (SIGINT, 130), then SIGTERM (143, a cluster's pre-emption) on the resumed run,
     # then the same command finishes the run.
     work = tmp_path / "run"
-    args = [*SMALL, f"--workdir={work}", "--epochs=1", "--steps_per_epoch=40",
-            "--checkpoint_every=1000", "--progress_every_s=0"]  # fmt: skip
+    args = [
+        *SMALL,
+        f"--workdir={work}",
+        "--epochs=1",
+        "--steps_per_epoch=40",
+        "--checkpoint_every=1000",
+        "--progress_every_s=0",
+    ]
     first, _ = _interrupt(args, signal.SIGINT, after_step=3)
     assert 3 <= first < 40
     found = checkpoint.latest(str(work / "checkpoints"))
@@ -190,8 +208,9 @@ def test_the_installed_commands_are_the_scripts(command, args):
     assert f"from simsiam_keras.commands import {function}" in open(path).read()
     if command != "simsiam-pretrain":
         return
-    result = subprocess.run([path, *args], capture_output=True, text=True, timeout=300,
-                            env=user_environ())  # fmt: skip
+    result = subprocess.run(
+        [path, *args], capture_output=True, text=True, timeout=300, env=user_environ()
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith(f"{command}: ") and "/no/such" in result.stderr
@@ -202,9 +221,13 @@ def test_the_installed_commands_are_the_scripts(command, args):
 
 @pytest.mark.parametrize(
     "name, flag",
-    [("pretrain", "--[no]stop_gradient"), ("linear_eval", "--protocol"),
-     ("knn_eval", "--temperature"), ("export", "--[no]checkpoint")],
-)  # fmt: skip
+    [
+        ("pretrain", "--[no]stop_gradient"),
+        ("linear_eval", "--protocol"),
+        ("knn_eval", "--temperature"),
+        ("export", "--[no]checkpoint"),
+    ],
+)
 def test_helpshort_lists_the_scripts_flags(name, flag):
     # What the one-line errors point to ("see --helpshort").
     result = _command(name, "--helpshort")

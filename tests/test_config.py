@@ -90,15 +90,27 @@ def test_help_shows_the_defaults_that_apply_whatever_the_command_line():
 def test_the_paper_defaults():
     c = config.PretrainConfig()
     assert (c.backbone, c.image_size, c.batch_size, c.epochs, c.base_lr) == (
-        "resnet50", 224, 512, 100, 0.05,
-    )  # fmt: skip
+        "resnet50",
+        224,
+        512,
+        100,
+        0.05,
+    )
     assert (c.weight_decay, c.dim, c.pred_dim, c.fix_pred_lr, c.stop_gradient) == (
-        1e-4, 2048, 512, True, True,
-    )  # fmt: skip
+        1e-4,
+        2048,
+        512,
+        True,
+        True,
+    )
     lin = config.LinearConfig()
     assert (lin.batch_size, lin.epochs, lin.optimizer, lin.weight_decay, lin.protocol) == (
-        4096, 90, "lars", 0.0, "official",
-    )  # fmt: skip
+        4096,
+        90,
+        "lars",
+        0.0,
+        "official",
+    )
 
 
 @pytest.mark.parametrize(

@@ -64,8 +64,9 @@ def _assert_same_variables(model, other):
 def test_main_simsiam_checkpoint_gives_pytorchs_outputs(tmp_path, arch, layers):
     ref = _official_simsiam(arch, layers).eval()
     # A CIFAR port of main_simsiam.py records torchvision's name, "resnet18".
-    path = official.save_main_simsiam(ref, tmp_path / "checkpoint_0099.pth.tar",
-                                      arch.replace("_cifar", ""))  # fmt: skip
+    path = official.save_main_simsiam(
+        ref, tmp_path / "checkpoint_0099.pth.tar", arch.replace("_cifar", "")
+    )
     model = convert.from_torch(str(path))
     assert isinstance(model, sk.SimSiam) and model.backbone.name == arch
     assert (model.dim, model.pred_dim, model.projector_layers) == (DIM, PRED_DIM, layers)
@@ -191,8 +192,10 @@ def test_other_architectures_are_refused_in_one_line(tmp_path):
     resnet34 = official.SimSiam("resnet34", WIDTH, DIM, PRED_DIM)
     path = official.save_main_simsiam(resnet34, tmp_path / "r34.pth.tar", "resnet34")
     assert "resnet34" in _error(str(path))
-    vit = {"module.encoder.patch_embed.proj.weight": torch.zeros(8, 3, 16, 16),
-           "module.encoder.blocks.0.attn.qkv.weight": torch.zeros(24, 8)}  # fmt: skip
+    vit = {
+        "module.encoder.patch_embed.proj.weight": torch.zeros(8, 3, 16, 16),
+        "module.encoder.blocks.0.attn.qkv.weight": torch.zeros(24, 8),
+    }
     vit = {"arch": "vit_small", "state_dict": vit}
     assert "Not a torchvision ResNet" in _error(vit)
 
@@ -230,8 +233,11 @@ def test_convert_checkpoint_script_both_ways(tmp_path):
     ref = _official_simsiam("resnet18_cifar", 2)
     path = official.save_main_simsiam(ref, tmp_path / "c.pth.tar", "resnet18")
     out = tmp_path / "model.keras"
-    line = last_json(run_command("convert_checkpoint", "--from_torch", path, "--output", out,
-                                "--image_size", SIZE))  # fmt: skip
+    line = last_json(
+        run_command(
+            "convert_checkpoint", "--from_torch", path, "--output", out, "--image_size", SIZE
+        )
+    )
     assert line["what"] == "convert" and line["direction"] == "from_torch"
     assert (line["kind"], line["arch"], line["width"]) == ("simsiam", "resnet18_cifar", WIDTH)
     assert sk.load_backbone(str(out)).input_shape == (None, SIZE, SIZE, 3)
@@ -245,8 +251,13 @@ def test_convert_checkpoint_script_both_ways(tmp_path):
     again = run_command("convert_checkpoint", "--to_torch", out, "--output", back)
     assert again.returncode == 2 and "--overwrite" in again.stderr
     (tmp_path / "cut.pth.tar").write_bytes(path.read_bytes()[:1000])
-    bad = run_command("convert_checkpoint", "--from_torch", tmp_path / "cut.pth.tar",
-                     "--output", tmp_path / "x.keras")  # fmt: skip
+    bad = run_command(
+        "convert_checkpoint",
+        "--from_torch",
+        tmp_path / "cut.pth.tar",
+        "--output",
+        tmp_path / "x.keras",
+    )
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "Could not read a PyTorch checkpoint" in bad.stderr
     assert not (tmp_path / "x.keras").exists()

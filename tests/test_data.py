@@ -239,9 +239,15 @@ def test_every_epoch_is_a_full_random_permutation(sorted_folder, monkeypatch):
 
     def stream(start_batch=0):
         return data.labeled_dataset(
-            source, 100, 4, train=True, seed=3, repeat=True, deterministic=True,
+            source,
+            100,
+            4,
+            train=True,
+            seed=3,
+            repeat=True,
+            deterministic=True,
             start_batch=start_batch,
-        )  # fmt: skip
+        )
 
     batches = _labels(stream(), 100)  # two epochs of 50 batches
     assert len(set(batches[0])) >= 9  # the first batch already mixes (nearly) all classes

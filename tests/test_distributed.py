@@ -29,9 +29,13 @@ def _env(**extra):
 
 def _run(mode, init, out):
     result = subprocess.run(
-        _command(mode, init, out), capture_output=True, text=True, timeout=900, cwd=ROOT,
+        _command(mode, init, out),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
         env=_env(),
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return np.load(out)
 
@@ -133,11 +137,20 @@ def test_two_worker_cli_run_chief_writes_and_exports(tmp_path):
     cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
     work = tmp_path / "shared"
     args = [
-        "--dataset=digits", "--backbone=resnet18_cifar", "--width=0.125", "--image_size=16",
-        "--dim=32", "--pred_dim=8", "--batch_size=32", "--epochs=1", "--steps_per_epoch=2",
-        "--knn_every=1", "--compare_random_init=false", "--strategy=multi_worker",
+        "--dataset=digits",
+        "--backbone=resnet18_cifar",
+        "--width=0.125",
+        "--image_size=16",
+        "--dim=32",
+        "--pred_dim=8",
+        "--batch_size=32",
+        "--epochs=1",
+        "--steps_per_epoch=2",
+        "--knn_every=1",
+        "--compare_random_init=false",
+        "--strategy=multi_worker",
         f"--workdir={work}",
-    ]  # fmt: skip
+    ]
     script = os.path.join(ROOT, "scripts", "pretrain.py")
     logs = _start_workers(tmp_path, cluster, lambda index: [sys.executable, script, *args])
     chief, other = (json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in logs)
@@ -149,9 +162,16 @@ def test_two_worker_cli_run_chief_writes_and_exports(tmp_path):
     assert (work / "export" / "backbone" / "saved_model.pb").exists()
     assert checkpoint.read_state(checkpoint.latest(str(work / "checkpoints")))["step"] == 2
     # The official linear protocol on the same two workers: the chief writes, both finish.
-    args = [f"--pretrained={work}", "--dataset=digits", "--protocol=official", "--batch_size=32",
-            "--epochs=1", "--steps_per_epoch=2", "--strategy=multi_worker",
-            "--checkpoint_every=1"]  # fmt: skip
+    args = [
+        f"--pretrained={work}",
+        "--dataset=digits",
+        "--protocol=official",
+        "--batch_size=32",
+        "--epochs=1",
+        "--steps_per_epoch=2",
+        "--strategy=multi_worker",
+        "--checkpoint_every=1",
+    ]
     script = os.path.join(ROOT, "scripts", "linear_eval.py")
     cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
     logs = _start_workers(tmp_path, cluster, lambda index: [sys.executable, script, *args])

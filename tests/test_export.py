@@ -126,8 +126,12 @@ def test_other_sizes_are_resized_inside_with_antialiasing(exported):
 def test_json_asset_and_linear_load_backbone(exported):
     _, path, ref = exported
     meta = json.load(open(path / "assets" / export.META_FILE))
-    assert meta == {"backbone": "resnet18_cifar", "width": 0.125, "image_size": SIZE,
-                    "feature_dim": ref["features"].shape[1]}  # fmt: skip
+    assert meta == {
+        "backbone": "resnet18_cifar",
+        "width": 0.125,
+        "image_size": SIZE,
+        "feature_dim": ref["features"].shape[1],
+    }
     if keras.backend.backend() != "tensorflow":
         return  # `linear.SavedModelBackbone` is a TensorFlow-backend layer
     backbone = linear.load_backbone(str(path), SIZE)

@@ -87,8 +87,13 @@ def test_the_setting_lists_the_implementations():
 
 def test_pretraining_with_kerascv_views_trains_and_resumes(tmp_path):
     work = tmp_path / "run"
-    args = [*SMALL_PRETRAIN, "--augment_impl=kerascv", f"--workdir={work}", "--export=false",
-            "--steps_per_epoch=2"]  # fmt: skip
+    args = [
+        *SMALL_PRETRAIN,
+        "--augment_impl=kerascv",
+        f"--workdir={work}",
+        "--export=false",
+        "--steps_per_epoch=2",
+    ]
     first = last_json(run_command("pretrain", *args, "--epochs=1"))
     assert first["steps"] == 2
     # Resumed in a process of its own: TensorFlow's C++ warnings would go to its stderr.

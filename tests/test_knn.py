@@ -304,9 +304,15 @@ def test_backbone_knn_accuracy_with_the_memory_on_disk(tmp_path):
     features = [knn.extract_features(backbone, data) for data in (train, val)]
     expected = knn.knn_accuracy(*features[0], *features[1], k=10)
     result = knn.backbone_knn_accuracy(
-        backbone, train, val, k=10, batch_size=16, feature_dtype="float32",
-        memory_dir=str(tmp_path), chunk_rows=16,
-    )  # fmt: skip
+        backbone,
+        train,
+        val,
+        k=10,
+        batch_size=16,
+        feature_dtype="float32",
+        memory_dir=str(tmp_path),
+        chunk_rows=16,
+    )
     assert result == pytest.approx(expected)
     assert os.listdir(tmp_path) == []
     broken = [(train[0][:8], train[1][:8]), (train[0][8:16],)]  # the second batch has no labels

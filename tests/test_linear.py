@@ -82,8 +82,12 @@ def test_export_round_trip_and_loading(saved):
     served = loaded.signatures["serving_default"](images=tf.constant(images * 255.0))
     np.testing.assert_allclose(served["features"].numpy(), expected, atol=1e-4)
     meta = json.load(open(tmp / "export" / "assets" / export.META_FILE))
-    assert meta == {"backbone": "resnet18_cifar", "width": 0.125, "image_size": 16,
-                    "feature_dim": expected.shape[1]}  # fmt: skip
+    assert meta == {
+        "backbone": "resnet18_cifar",
+        "width": 0.125,
+        "image_size": 16,
+        "feature_dim": expected.shape[1],
+    }
     for path in (tmp / "model.keras", tmp / "export", tmp):  # file, SavedModel, workdir
         backbone = linear.load_backbone(str(path), SIZE)
         out = backbone.predict_on_batch(normalised.astype("float32"))
@@ -130,9 +134,11 @@ def test_linear_eval_and_knn_eval_scripts(saved, tmp_path):
     # kNN accuracy of the same backbone, as a linear probe on the same features normally does.
     # No --image_size: read from the model (16 px here).
     result = _script(
-        "linear_eval.py", f"--flagfile={ROOT}/configs/quickstart_linear.cfg",
-        f"--pretrained={tmp / 'model.keras'}", f"--workdir={tmp_path}",
-    )  # fmt: skip
+        "linear_eval.py",
+        f"--flagfile={ROOT}/configs/quickstart_linear.cfg",
+        f"--pretrained={tmp / 'model.keras'}",
+        f"--workdir={tmp_path}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     last = last_json(result)
     print(f"linear (features) {last['val_top1']:.1f} vs kNN {tops[0]:.1f}")
@@ -149,9 +155,12 @@ def test_scripts_reject_bad_input(saved, tmp_path):
 
     Image.new("RGB", (20, 20)).save(flat / "a.png")
     result = _script(
-        "knn_eval.py", f"--pretrained={tmp / 'model.keras'}", "--image_size=16",
-        f"--train_dir={flat}", f"--val_dir={flat}",
-    )  # fmt: skip
+        "knn_eval.py",
+        f"--pretrained={tmp / 'model.keras'}",
+        "--image_size=16",
+        f"--train_dir={flat}",
+        f"--val_dir={flat}",
+    )
     assert result.returncode != 0 and "no labels" in result.stderr
     result = _script("linear_eval.py", f"--pretrained={tmp / 'model.keras'}", "--epochs=0")
     assert result.returncode != 0 and "--epochs must be a positive integer" in result.stderr

@@ -21,9 +21,17 @@ from tests.helpers import ROOT, last_json, user_environ
 
 SCRIPT = os.path.join(ROOT, "scripts", "linear_eval.py")
 # 2 epochs of 3 steps at batch 64, a checkpoint every step, deterministic data and kernels.
-COMMON = ["--dataset=digits", "--batch_size=64", "--epochs=2", "--steps_per_epoch=3",
-          "--protocol=official", "--deterministic", "--checkpoint_every=1", "--optimizer=sgd",
-          "--base_lr=2"]  # fmt: skip
+COMMON = [
+    "--dataset=digits",
+    "--batch_size=64",
+    "--epochs=2",
+    "--steps_per_epoch=3",
+    "--protocol=official",
+    "--deterministic",
+    "--checkpoint_every=1",
+    "--optimizer=sgd",
+    "--base_lr=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +47,7 @@ def _run(pretrained, workdir, *args, backend="tensorflow", devices=1):
     env = user_environ(KERAS_BACKEND=backend)
     cmd = [sys.executable, SCRIPT]
     if backend == "tensorflow" and devices > 1:
-        cmd = [sys.executable, os.path.join(ROOT, "tests", "logical_cpus.py"), str(devices),
-               SCRIPT]  # fmt: skip
+        cmd = [sys.executable, os.path.join(ROOT, "tests", "logical_cpus.py"), str(devices), SCRIPT]
     if backend == "jax":
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     cmd += [f"--pretrained={pretrained}", f"--workdir={workdir}", *COMMON, *args]
@@ -49,8 +56,11 @@ def _run(pretrained, workdir, *args, backend="tensorflow", devices=1):
 
 def _classifier(workdir, step=6):
     """The linear layer (kernel, bias) of checkpoint `step` of the workdir's one evaluation."""
-    (path,) = glob.glob(os.path.join(workdir, "linear_eval", "run-*", "checkpoints",
-                                     f"ckpt-{step}", "model.weights.npz"))  # fmt: skip
+    (path,) = glob.glob(
+        os.path.join(
+            workdir, "linear_eval", "run-*", "checkpoints", f"ckpt-{step}", "model.weights.npz"
+        )
+    )
     with np.load(path) as f:
         return [f[k] for k in sorted(f.files)]
 
@@ -88,8 +98,9 @@ def test_mixed_precision_runs_the_backbone_in_bfloat16(pretrained, tmp_path):
 
 def _kill_at_checkpoint(cmd, latest, names, env, timeout=300):
     """Starts `cmd` and SIGKILLs it once `latest` names one of `names`; returns whether it did."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline, hit = time.time() + timeout, False
     while time.time() < deadline and proc.poll() is None and not hit:
         paths = glob.glob(latest)

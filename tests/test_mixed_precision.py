@@ -9,9 +9,17 @@ from simsiam_keras.apps import pretrain
 
 def _config(precision):
     return pretrain.PretrainConfig(
-        workdir="unused", backbone="resnet18_cifar", width=0.125, image_size=16, dim=64,
-        pred_dim=16, batch_size=16, epochs=1, base_lr=0.05, mixed_precision=precision,
-    )  # fmt: skip
+        workdir="unused",
+        backbone="resnet18_cifar",
+        width=0.125,
+        image_size=16,
+        dim=64,
+        pred_dim=16,
+        batch_size=16,
+        epochs=1,
+        base_lr=0.05,
+        mixed_precision=precision,
+    )
 
 
 def _fit(precision, weights, x1, x2):

@@ -98,7 +98,7 @@ def test_bad_flags_stop_with_a_message(tmp_path, args, message):
         (
             '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 1}}',
             "is not one of its cluster's members",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_multi_worker_bad_tf_config_stops_with_a_message(monkeypatch, tf_config, message):
@@ -109,13 +109,23 @@ def test_multi_worker_bad_tf_config_stops_with_a_message(monkeypatch, tf_config,
         distribute.make_strategy("multi_worker")
 
 
-def test_torch_backend_refuses_several_devices(tmp_path):
-    pytest.importorskip("torch")
-    env = dict(os.environ, KERAS_BACKEND="torch")
-    cmd = [sys.executable, SCRIPT, *SMALL, f"--workdir={tmp_path / 'w'}", "--strategy=mirrored"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "not available on the torch backend" in result.stderr, result.stderr[-2000:]
+@pytest.mark.multibackend
+def test_each_backend_refuses_the_strategies_it_cannot_run():
+    # A --strategy flag naming what the backend cannot do: a `ConfigError` naming the flag
+    # (the command line prints it as one line, exit 2), before any work.
+    import keras
+
+    from simsiam_keras import distribute, errors
+
+    backend = keras.backend.backend()
+    refused = {"torch": ["mirrored", "multi_worker"], "jax": ["multi_worker"]}.get(backend, [])
+    for name in refused:
+        with pytest.raises(errors.ConfigError) as caught:
+            distribute.make_strategy(name)
+        assert caught.value.render("--").startswith(f"--strategy={name} is ")
+    with pytest.raises(errors.ConfigError, match="strategy must be one of"):
+        distribute.make_strategy("everything")
+    assert distribute.make_strategy("one_device") == (None, 1)
 
 
 def test_workdir_that_is_a_file(tmp_path):
@@ -136,23 +146,39 @@ def test_every_config_parses_and_smoke_runs(tmp_path):
     # Each recipe, overridden to one step of a tiny model on the embedded data.
     for name in sorted(set(configs) - set(linear) - set(knn)):
         result = _run(
-            f"--flagfile={os.path.join(ROOT, 'configs', name)}", *SMALL, "--dataset=digits",
-            "--epochs=1", "--steps_per_epoch=1", f"--workdir={tmp_path / name}",
-            "--export=false", "--strategy=auto", "--compare_random_init=false",
-        )  # fmt: skip
+            f"--flagfile={os.path.join(ROOT, 'configs', name)}",
+            *SMALL,
+            "--dataset=digits",
+            "--epochs=1",
+            "--steps_per_epoch=1",
+            f"--workdir={tmp_path / name}",
+            "--export=false",
+            "--strategy=auto",
+            "--compare_random_init=false",
+        )
         assert last_json(result)["steps"] == 1, name
     # Each linear protocol on the model the quickstart config left, one step / one fit.
     model = tmp_path / "quickstart.cfg" / "model.keras"
     for name in linear:
         result = run_command(
-            "linear_eval", f"--flagfile={os.path.join(ROOT, 'configs', name)}",
-            f"--pretrained={model}", "--dataset=digits", "--image_size=16", "--batch_size=64",
-            "--epochs=1", "--steps_per_epoch=1", f"--workdir={tmp_path / name}",
-        )  # fmt: skip
+            "linear_eval",
+            f"--flagfile={os.path.join(ROOT, 'configs', name)}",
+            f"--pretrained={model}",
+            "--dataset=digits",
+            "--image_size=16",
+            "--batch_size=64",
+            "--epochs=1",
+            "--steps_per_epoch=1",
+            f"--workdir={tmp_path / name}",
+        )
         assert last_json(result)["val_top1"] is not None, name
     for name in knn:
-        result = run_command("knn_eval", f"--flagfile={os.path.join(ROOT, 'configs', name)}",
-                             f"--pretrained={model}", "--batch_size=64")  # fmt: skip
+        result = run_command(
+            "knn_eval",
+            f"--flagfile={os.path.join(ROOT, 'configs', name)}",
+            f"--pretrained={model}",
+            "--batch_size=64",
+        )
         assert last_json(result)["knn_top1"] is not None, name
 
 
@@ -180,16 +206,24 @@ commands.pretrain()
 
 
 def test_a_kill_mid_checkpoint_keeps_the_last_one_and_the_rerun_matches(tmp_path):
-    common = [*SMALL, "--epochs=2", "--steps_per_epoch=4", "--checkpoint_every=1",
-              "--deterministic", "--export=false", "--seed=3"]  # fmt: skip
+    common = [
+        *SMALL,
+        "--epochs=2",
+        "--steps_per_epoch=4",
+        "--checkpoint_every=1",
+        "--deterministic",
+        "--export=false",
+        "--seed=3",
+    ]
     straight = tmp_path / "straight"
     assert last_json(_run(*common, f"--workdir={straight}"))["steps"] == 8
     final = _weights(straight / "checkpoints" / "ckpt-8")
 
     work = tmp_path / "killed"
     cmd = [sys.executable, "-c", _KILLED_MID_WRITE, SCRIPT, *common, f"--workdir={work}"]
-    killed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                            env=user_environ())  # fmt: skip
+    killed = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=user_environ()
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     directory = work / "checkpoints"
     assert [n for n in os.listdir(directory) if n.startswith(".tmp-ckpt-5-")]  # the cut write
@@ -222,8 +256,9 @@ def test_quickstart_learns_and_its_linear_evaluation_beats_knn(tmp_path):
     # The README's linear-evaluation command on that model: a linear probe on the same
     # features reaches at least their kNN accuracy.
     linear_cfg = os.path.join(ROOT, "configs", "quickstart_linear.cfg")
-    result = run_command("linear_eval", f"--flagfile={linear_cfg}",
-                         f"--pretrained={work / 'model.keras'}")  # fmt: skip
+    result = run_command(
+        "linear_eval", f"--flagfile={linear_cfg}", f"--pretrained={work / 'model.keras'}"
+    )
     linear = last_json(result)
     print(f"quickstart: kNN {summary['knn_top1']:.1f}, linear {linear['val_top1']:.1f}")
     assert linear["val_top1"] >= summary["knn_top1"], (linear, summary)
@@ -233,8 +268,16 @@ def test_export_script_from_model_and_from_checkpoint(tmp_path):
     import tensorflow as tf
 
     work = tmp_path / "run"
-    last_json(_run(*SMALL, f"--workdir={work}", "--epochs=1", "--steps_per_epoch=1",
-                    "--export=false", "--checkpoint_every=1"))  # fmt: skip
+    last_json(
+        _run(
+            *SMALL,
+            f"--workdir={work}",
+            "--epochs=1",
+            "--steps_per_epoch=1",
+            "--export=false",
+            "--checkpoint_every=1",
+        )
+    )
     images = tf.random.uniform([2, 16, 16, 3], 0, 255, seed=1)
     features = []
     for extra in ([], ["--checkpoint", f"--out={tmp_path / 'from_ckpt'}"]):
@@ -246,8 +289,15 @@ def test_export_script_from_model_and_from_checkpoint(tmp_path):
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
     work = tmp_path / "nan"
-    result = _run(*SMALL, f"--workdir={work}", "--epochs=1", "--steps_per_epoch=4",
-                  "--checkpoint_every=1", "--base_lr=1e30", "--export=false")  # fmt: skip
+    result = _run(
+        *SMALL,
+        f"--workdir={work}",
+        "--epochs=1",
+        "--steps_per_epoch=4",
+        "--checkpoint_every=1",
+        "--base_lr=1e30",
+        "--export=false",
+    )
     assert result.returncode != 0 and "The loss became nan" in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     latest = (work / "checkpoints" / "latest").read_text()
@@ -269,18 +319,27 @@ def test_every_backend_exports_and_writes_summaries(tmp_path, backend):
 
     pytest.importorskip(backend)
     work = tmp_path / backend
-    env = dict(os.environ, KERAS_BACKEND=backend,
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")  # fmt: skip
+    env = dict(
+        os.environ, KERAS_BACKEND=backend, XLA_FLAGS="--xla_force_host_platform_device_count=2"
+    )
     strategy = "mirrored" if backend == "jax" else "auto"
-    cmd = [sys.executable, SCRIPT, *SMALL, f"--workdir={work}", "--epochs=1",
-           "--steps_per_epoch=2", f"--strategy={strategy}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        SCRIPT,
+        *SMALL,
+        f"--workdir={work}",
+        "--epochs=1",
+        "--steps_per_epoch=2",
+        f"--strategy={strategy}",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     summary = last_json(result)
     saved = json.load(open(work / "summary.json"))
     assert saved["backend"] == backend and saved["replicas"] == (2 if backend == "jax" else 1)
     assert summary["export"] == str(work / "export" / "backbone")
-    assert any(name.startswith("events") for _, _, names in os.walk(work / "tensorboard")
-               for name in names)  # fmt: skip
+    assert any(
+        name.startswith("events") for _, _, names in os.walk(work / "tensorboard") for name in names
+    )
     images = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
     served = tf.saved_model.load(summary["export"])(images).numpy()
     backbone = linear.load_backbone(str(work / "model.keras"))

@@ -28,9 +28,13 @@ def test_readme_and_docs_python_blocks_run_as_written(tmp_path):
     script.write_text("\n\n".join(blocks))
     env = dict(os.environ, PYTHONPATH=ROOT)
     result = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=600,
-        cwd=tmp_path, env=env,
-    )  # fmt: skip
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "simsiam.keras").exists() and (tmp_path / "export" / "backbone").is_dir()
     assert "shuffle=True" not in result.stderr  # the model.fit example is quiet

@@ -23,11 +23,23 @@ SCRIPT = os.path.join(ROOT, "scripts", "pretrain.py")
 # Three epochs of 6 steps on the digits, kNN on epochs 1, 2 and 3 (every 2, plus the first and
 # the last), deterministic so that an interrupted run can be compared with an uninterrupted one.
 RUN = [
-    "--dataset=digits", "--backbone=resnet18_cifar", "--width=0.125", "--image_size=16", "--dim=64",
-    "--pred_dim=16", "--batch_size=32", "--epochs=3", "--steps_per_epoch=6", "--knn_every=2",
-    "--knn_k=20", "--checkpoint_every=4", "--compare_random_init=false", "--deterministic",
-    "--progress_every_s=0", "--seed=1",
-]  # fmt: skip
+    "--dataset=digits",
+    "--backbone=resnet18_cifar",
+    "--width=0.125",
+    "--image_size=16",
+    "--dim=64",
+    "--pred_dim=16",
+    "--batch_size=32",
+    "--epochs=3",
+    "--steps_per_epoch=6",
+    "--knn_every=2",
+    "--knn_k=20",
+    "--checkpoint_every=4",
+    "--compare_random_init=false",
+    "--deterministic",
+    "--progress_every_s=0",
+    "--seed=1",
+]
 
 
 def _rows(work):
@@ -44,9 +56,13 @@ def _signal_when(args, ready, signum=signal.SIGINT, timeout=600):
     """Runs pretrain.py, sends `signum` once `ready(line)` holds for a line of its stdout (or
     once `ready(None)` holds, polled); returns (returncode, stdout, stderr)."""
     proc = subprocess.Popen(
-        [sys.executable, SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, cwd=ROOT, env=user_environ(),
-    )  # fmt: skip
+        [sys.executable, SCRIPT, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=user_environ(),
+    )
     seen, deadline = [], time.time() + timeout
     if ready(None) is None:  # wait for a line
         for line in proc.stdout:
@@ -106,8 +122,9 @@ def test_interrupted_anywhere_then_rerun_finishes_like_an_uninterrupted_run(tmp_
         for name in a:
             if a[name] or b[name]:
                 np.testing.assert_allclose(float(a[name]), float(b[name]), rtol=1e-4, atol=1e-6)
-    for x, y in zip(_weights(work / "checkpoints" / "ckpt-18"),
-                    _weights(straight / "checkpoints" / "ckpt-18")):  # fmt: skip
+    for x, y in zip(
+        _weights(work / "checkpoints" / "ckpt-18"), _weights(straight / "checkpoints" / "ckpt-18")
+    ):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     assert finished["knn_top1"] == pytest.approx(reference["knn_top1"], abs=0.5)
     assert not (work / workdir_lock.FILE).exists()
@@ -152,8 +169,11 @@ def test_history_keeps_its_columns_whatever_the_first_epoch_logged(tmp_path):
     # A resume inside epoch 2 keeps epochs 0 and 1 only; a later one writes epoch 2 again.
     assert sorted(EpochHistory.load(str(path), before_epoch=2).rows) == [0, 1]
     assert EpochHistory.load(str(path)).last() == {
-        "loss": -0.3, "z_std": 0.02, "lr": 0.03, "knn_top1": 50.0
-    }  # fmt: skip
+        "loss": -0.3,
+        "z_std": 0.02,
+        "lr": 0.03,
+        "knn_top1": 50.0,
+    }
 
 
 def test_a_history_written_by_csvlogger_across_a_resume_is_repaired(tmp_path):
@@ -167,14 +187,31 @@ def test_a_history_written_by_csvlogger_across_a_resume_is_repaired(tmp_path):
         "1,56.5,92.5,-0.03,0.01,0.07,0.12,NA,NA,NA,NA,NA,NA\n"
     )
     history = EpochHistory.load(str(path))
-    assert history.rows[0] == {"knn_top1": 55.5, "knn_top5": 91.5, "loss": -0.02, "lr": 0.03,
-                               "probe_z_std": 0.06, "z_std": 0.12, "val_knn_top1": None,
-                               "val_knn_top5": None, "val_loss": None, "val_lr": None,
-                               "val_probe_z_std": None, "val_z_std": None}  # fmt: skip
+    assert history.rows[0] == {
+        "knn_top1": 55.5,
+        "knn_top5": 91.5,
+        "loss": -0.02,
+        "lr": 0.03,
+        "probe_z_std": 0.06,
+        "z_std": 0.12,
+        "val_knn_top1": None,
+        "val_knn_top5": None,
+        "val_loss": None,
+        "val_lr": None,
+        "val_probe_z_std": None,
+        "val_z_std": None,
+    }
     assert history.rows[1]["knn_top1"] == 56.5 and history.rows[1]["loss"] == -0.03
     history.write()  # the columns that are empty everywhere are dropped
-    assert _rows(tmp_path)[0].keys() == {"epoch", "loss", "z_std", "lr", "probe_z_std",
-                                         "knn_top1", "knn_top5"}  # fmt: skip
+    assert _rows(tmp_path)[0].keys() == {
+        "epoch",
+        "loss",
+        "z_std",
+        "lr",
+        "probe_z_std",
+        "knn_top1",
+        "knn_top5",
+    }
     path.write_text("epoch,loss\n0,-0.1,1,2,3,4,5\n")  # not what any version wrote
     with pytest.raises(ValueError, match="line 2, does not match its header; move the file"):
         EpochHistory.load(str(path))
@@ -187,9 +224,13 @@ def test_a_second_run_on_a_busy_workdir_stops_at_once_naming_the_holder(tmp_path
     work = tmp_path / "run"
     args = [*RUN, "--epochs=50", f"--workdir={work}"]
     first = subprocess.Popen(
-        [sys.executable, SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, cwd=ROOT, env=user_environ(),
-    )  # fmt: skip
+        [sys.executable, SCRIPT, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=user_environ(),
+    )
     try:
         for line in first.stdout:  # training: the lock is held
             if line.startswith("epoch 1/50  1/6"):
@@ -282,11 +323,22 @@ def _pretrain(tmp_path, log, **settings):
     from simsiam_keras.apps import pretrain
 
     settings = {
-        "workdir": str(tmp_path / "run"), "dataset": "digits", "backbone": "resnet18_cifar",
-        "width": 0.125, "image_size": 16, "dim": 32, "pred_dim": 8, "batch_size": 16, "epochs": 1,
-        "steps_per_epoch": 1, "knn_every": 1, "knn_k": 5, "export": False,
-        "progress_every_s": 1e9, **settings,
-    }  # fmt: skip
+        "workdir": str(tmp_path / "run"),
+        "dataset": "digits",
+        "backbone": "resnet18_cifar",
+        "width": 0.125,
+        "image_size": 16,
+        "dim": 32,
+        "pred_dim": 8,
+        "batch_size": 16,
+        "epochs": 1,
+        "steps_per_epoch": 1,
+        "knn_every": 1,
+        "knn_k": 5,
+        "export": False,
+        "progress_every_s": 1e9,
+        **settings,
+    }
     config = pretrain.PretrainConfig(**settings)
     return pretrain.run(config, log=log.append)
 
@@ -306,8 +358,7 @@ def test_a_folder_without_val_dir_holds_out_its_own_images(tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["knn_holdout"] is None and config["train_dir"] == str(images)
     # A resume holds out the same images, even with the monitor switched off.
-    again = _pretrain(tmp_path, [], dataset="cifar10", train_dir=str(images), epochs=2,
-                      knn_every=0)  # fmt: skip
+    again = _pretrain(tmp_path, [], dataset="cifar10", train_dir=str(images), epochs=2, knn_every=0)
     assert again["train_images"] == 72 and again["steps"] == 2
     assert (tmp_path / "run" / "knn_holdout.txt").read_text().splitlines() == held
 
@@ -334,8 +385,9 @@ def test_no_holdout_and_no_monitor_for_an_unlabelled_folder_or_when_switched_off
     assert any(line.startswith("kNN monitor off: this run holds out no images") for line in log)
     # A labelled --val_dir: the queries are its images, nothing is held out.
     log = []
-    summary = _pretrain(tmp_path / "val", log, train_dir=str(images), val_dir=str(flat.parent /
-                        "images"))  # fmt: skip
+    summary = _pretrain(
+        tmp_path / "val", log, train_dir=str(images), val_dir=str(flat.parent / "images")
+    )
     assert summary["train_images"] == 40 and summary["knn"]["queries"] == str(images)
 
 
@@ -367,24 +419,33 @@ def keras_files(tmp_path_factory):
     augmented = sk.SimSiam(tiny_simsiam().backbone, 32, 8, 2, augment=sk.ViewAugment())
     classifier = sk.LinearClassifier(tiny_simsiam().backbone, 10)
     classifier.compile(optimizer=linear.linear_optimizer("lars", 8, 1, 1), loss="mse")
-    files = {"simsiam": model, "augmented": augmented, "backbone": model.backbone,
-             "classifier": classifier}  # fmt: skip
+    files = {
+        "simsiam": model,
+        "augmented": augmented,
+        "backbone": model.backbone,
+        "classifier": classifier,
+    }
     directory = tmp_path_factory.mktemp("keras_files")
     paths, expected = [], []
     for name, saved in files.items():
         paths.append(str(directory / f"{name}.keras"))
         saved.save(paths[-1])
         total = float(sum(float(keras.ops.sum(w)) for w in saved.weights))
-        expected.append([type(saved).__name__, type(getattr(saved, "optimizer", None)).__name__,
-                         total])  # fmt: skip
+        expected.append(
+            [type(saved).__name__, type(getattr(saved, "optimizer", None)).__name__, total]
+        )
     return paths, expected
 
 
 @pytest.mark.parametrize(
     "backend, imports",
-    [("tensorflow", "import keras, simsiam_keras"), ("tensorflow", "import simsiam_keras, keras"),
-     ("jax", "import keras, simsiam_keras"), ("torch", "import simsiam_keras, keras")],
-)  # fmt: skip
+    [
+        ("tensorflow", "import keras, simsiam_keras"),
+        ("tensorflow", "import simsiam_keras, keras"),
+        ("jax", "import keras, simsiam_keras"),
+        ("torch", "import simsiam_keras, keras"),
+    ],
+)
 def test_every_keras_file_loads_after_import_simsiam_keras_in_a_new_process(
     tmp_path, keras_files, backend, imports
 ):

@@ -39,8 +39,10 @@ def _flags(model):
 def _check_counts(flags):
     # resnet18_cifar: stem + 2 per block x 8 + 3 shortcuts; 2-layer projector: 2; predictor: 1.
     assert {part: len(v) for part, v in flags.items()} == {
-        "backbone": 20, "projector": 2, "predictor": 1
-    }  # fmt: skip
+        "backbone": 20,
+        "projector": 2,
+        "predictor": 1,
+    }
 
 
 @pytest.mark.multibackend

@@ -61,8 +61,9 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """torchvision.models.ResNet, with `width` and `cifar_stem`."""
 
-    def __init__(self, block, layers, num_classes=1000, zero_init_residual=False, width=1.0,
-                 cifar_stem=False):  # fmt: skip
+    def __init__(
+        self, block, layers, num_classes=1000, zero_init_residual=False, width=1.0, cifar_stem=False
+    ):
         super().__init__()
         self.inplanes = _channels(64, width)
         if cifar_stem:
@@ -137,8 +138,11 @@ class SimSiam(nn.Module):
         self.encoder.fc.bias.requires_grad = False  # not use bias as followed by BN
         hidden = []
         for _ in range(projector_layers - 1):
-            hidden += [nn.Linear(prev_dim, prev_dim, bias=False), nn.BatchNorm1d(prev_dim),
-                       nn.ReLU(inplace=True)]  # fmt: skip
+            hidden += [
+                nn.Linear(prev_dim, prev_dim, bias=False),
+                nn.BatchNorm1d(prev_dim),
+                nn.ReLU(inplace=True),
+            ]
         self.encoder.fc = nn.Sequential(*hidden, self.encoder.fc, nn.BatchNorm1d(dim, affine=False))
         self.predictor = nn.Sequential(
             nn.Linear(dim, pred_dim, bias=False),
@@ -191,15 +195,30 @@ def _ddp(state_dict):
 
 def save_main_simsiam(model, path, arch, epoch=100):
     """What main_simsiam.py writes: DistributedDataParallel(SimSiam)'s state dict and more."""
-    torch.save({"epoch": epoch, "arch": arch, "state_dict": _ddp(model.state_dict()),
-                "optimizer": _sgd_state(model)}, path)  # fmt: skip
+    torch.save(
+        {
+            "epoch": epoch,
+            "arch": arch,
+            "state_dict": _ddp(model.state_dict()),
+            "optimizer": _sgd_state(model),
+        },
+        path,
+    )
     return path
 
 
 def save_main_lincls(model, path, arch, epoch=90):
     """What main_lincls.py writes: DistributedDataParallel(ResNet)'s state dict and more."""
-    torch.save({"epoch": epoch, "arch": arch, "state_dict": _ddp(model.state_dict()),
-                "best_acc1": torch.tensor(12.5), "optimizer": _sgd_state(model)}, path)  # fmt: skip
+    torch.save(
+        {
+            "epoch": epoch,
+            "arch": arch,
+            "state_dict": _ddp(model.state_dict()),
+            "best_acc1": torch.tensor(12.5),
+            "optimizer": _sgd_state(model),
+        },
+        path,
+    )
     return path
 
 

@@ -25,8 +25,20 @@ def run(config):
         for s in (train, val)
     ]
     result = knn.backbone_knn_accuracy(
-        backbone, *datasets, train.num_classes, c.knn_k, c.temperature,
-        feature_dtype=c.feature_dtype, memory_dir=c.memory_dir, chunk_rows=c.chunk_rows,
-    )  # fmt: skip
-    return {"train": train.name, "val": val.name, "train_images": train.size,
-            "val_images": val.size, "k": min(c.knn_k, train.size), **result}  # fmt: skip
+        backbone,
+        *datasets,
+        train.num_classes,
+        c.knn_k,
+        c.temperature,
+        feature_dtype=c.feature_dtype,
+        memory_dir=c.memory_dir,
+        chunk_rows=c.chunk_rows,
+    )
+    return {
+        "train": train.name,
+        "val": val.name,
+        "train_images": train.size,
+        "val_images": val.size,
+        "k": min(c.knn_k, train.size),
+        **result,
+    }

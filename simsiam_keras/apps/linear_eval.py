@@ -38,8 +38,9 @@ def load_evaluation(config):
         raise ConfigError(f"{{}}: {e}", "pretrained") from None
     size = c.image_size or linear.input_size(backbone)
     if size is None:
-        raise ConfigError(f"{{}} {c.pretrained!r} takes any input size: give {{}}.",
-                          "pretrained", "image_size")  # fmt: skip
+        raise ConfigError(
+            f"{{}} {c.pretrained!r} takes any input size: give {{}}.", "pretrained", "image_size"
+        )
     train = sources.load_source(c.dataset, "train", c.data_dir, c.train_dir, size)
     val = sources.load_source(c.dataset, "validation", c.data_dir, c.val_dir, size)
     for source, folder in ((train, "train_dir"), (val, "val_dir")):
@@ -85,8 +86,9 @@ def run(config, log=print):
     with distribute.scope(strategy):
         backbone, size, train, val = load_evaluation(c)
         if train.size < c.batch_size:
-            raise ConfigError(f"{train.name} has {train.size} images, fewer than one batch "
-                              "({}).", "batch_size")  # fmt: skip
+            raise ConfigError(
+                f"{train.name} has {train.size} images, fewer than one batch ({{}}).", "batch_size"
+            )
         backbone = linear.with_global_policy(backbone)
         keras.utils.set_random_seed(c.seed)  # the same linear layer whatever loading drew
         model = linear.LinearClassifier(backbone, train.num_classes)
@@ -102,36 +104,64 @@ def run(config, log=print):
         fit = linear.fit_on_features(
             model, train_ds, val_ds, c.l2, progress_every_s=c.progress_every_s
         )
-        results = {"val_top1": fit["top1"], "val_top5": fit["top5"], "best_val_top1": fit["top1"],
-                   "train_top1": fit["train_top1"], "iterations": fit["iterations"],
-                   "l2": c.l2}  # fmt: skip
+        results = {
+            "val_top1": fit["top1"],
+            "val_top5": fit["top5"],
+            "best_val_top1": fit["top1"],
+            "train_top1": fit["train_top1"],
+            "iterations": fit["iterations"],
+            "l2": c.l2,
+        }
     else:
         resolved = dataclasses.replace(c, protocol=protocol)  # "auto" keys the same run
-        trained = {k: v for k, v in dataclasses.asdict(resolved).items()
-                   if k not in resumable(type(c))}  # fmt: skip
-        history = linear_official.fit_on_views(resolved, model, train, val, size, strategy,
-                                               workdir, linear.fingerprint(backbone), trained,
-                                               log)  # fmt: skip
+        trained = {
+            k: v for k, v in dataclasses.asdict(resolved).items() if k not in resumable(type(c))
+        }
+        history = linear_official.fit_on_views(
+            resolved,
+            model,
+            train,
+            val,
+            size,
+            strategy,
+            workdir,
+            linear.fingerprint(backbone),
+            trained,
+            log,
+        )
     linear.check_unchanged(backbone, before)  # raises if the frozen backbone moved
     if not distribute.is_chief():  # the chief reports and writes
         return {"protocol": protocol, "chief": False, "backbone_unchanged": True}
     if history is not None:
         val_top1 = [100 * v for v in history["val_top1"]]
-        results = {"val_top1": val_top1[-1], "val_top5": 100 * history["val_top5"][-1],
-                   "best_val_top1": max(val_top1), "optimizer": c.optimizer,
-                   "epochs": c.epochs}  # fmt: skip
-    results = {"pretrained": os.path.abspath(c.pretrained), "dataset": train.name,
-               "protocol": protocol, "batch_size": c.batch_size, "replicas": replicas,
-               "mixed_precision": c.mixed_precision, "backend": keras.backend.backend(),
-               **results, "backbone_unchanged": True,
-               "wall_s": time.time() - start}  # fmt: skip
+        results = {
+            "val_top1": val_top1[-1],
+            "val_top5": 100 * history["val_top5"][-1],
+            "best_val_top1": max(val_top1),
+            "optimizer": c.optimizer,
+            "epochs": c.epochs,
+        }
+    results = {
+        "pretrained": os.path.abspath(c.pretrained),
+        "dataset": train.name,
+        "protocol": protocol,
+        "batch_size": c.batch_size,
+        "replicas": replicas,
+        "mixed_precision": c.mixed_precision,
+        "backend": keras.backend.backend(),
+        **results,
+        "backbone_unchanged": True,
+        "wall_s": time.time() - start,
+    }
     os.makedirs(workdir, exist_ok=True)
     if history is not None:
-        results["history"] = {k: [v for v in values] for k, values in history.items()
-                              if not k.endswith("_epochs")}  # fmt: skip
+        results["history"] = {
+            k: [v for v in values] for k, values in history.items() if not k.endswith("_epochs")
+        }
         report.plot_history(
             {"val_top1": [100 * v for v in history["val_top1"]], "loss": history["loss"]},
-            os.path.join(workdir, "linear_eval.png"), "linear evaluation",
-        )  # fmt: skip
+            os.path.join(workdir, "linear_eval.png"),
+            "linear evaluation",
+        )
     report.write_json(os.path.join(workdir, "linear_eval.json"), results)
     return results

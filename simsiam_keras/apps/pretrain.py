@@ -48,9 +48,12 @@ __all__ = ["build_model", "check_workdir", "run", "train_dataset"]
 def _git_commit():
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
             cwd=os.path.dirname(os.path.abspath(__file__)),
-        )  # fmt: skip
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -102,8 +105,10 @@ def check_workdir(config):
             raise ConfigError(
                 f"{{}} {c.workdir!r} holds a run with other settings: {shown}. Give a new "
                 "{}, or the settings of that run to resume it.",
-                "workdir", *differ, "workdir",
-            )  # fmt: skip
+                "workdir",
+                *differ,
+                "workdir",
+            )
     elif found:
         raise ConfigError(f"{{}} {c.workdir!r} has checkpoints but no config.json.", "workdir")
     summary_path = os.path.join(c.workdir, "summary.json")
@@ -136,8 +141,10 @@ def run(config, log=print):
         raise ConfigError(f"{{}} {e}", "workdir") from None
     try:
         if lock.taken_over is not None:
-            log(f"Took over the workdir's lock from a run that is gone "
-                f"({workdir_lock.describe(lock.taken_over)}).")  # fmt: skip
+            log(
+                f"Took over the workdir's lock from a run that is gone "
+                f"({workdir_lock.describe(lock.taken_over)})."
+            )
         return _run(c, log)
     finally:
         lock.release()
@@ -146,8 +153,10 @@ def run(config, log=print):
 def _run(c, log):
     finished = check_workdir(c)
     if finished is not None:
-        log(f"The run in {c.workdir!r} is finished (epochs: {c.epochs}); raise --epochs to "
-            "train on, or give a new --workdir.")  # fmt: skip
+        log(
+            f"The run in {c.workdir!r} is finished (epochs: {c.epochs}); raise --epochs to "
+            "train on, or give a new --workdir."
+        )
         return {**finished, "already_finished": True}
     found = checkpoint.latest(os.path.join(c.workdir, "checkpoints"))
     state = checkpoint.read_state(found) if found else {"step": 0, "epoch": 0}
@@ -161,7 +170,7 @@ def _run(c, log):
     start_step = _restore(c, model, strategy, steps, found, holdout, history, log)
     ckpt, knn_monitor, collapse, callbacks = _callbacks(
         c, model, strategy, source, knn_data, steps, start_step, history
-    )  # fmt: skip
+    )
     began = time.time()
     _train(model, source, c, strategy, steps, ckpt, callbacks)
     seconds = time.time() - began
@@ -213,13 +222,19 @@ class KnnData:
 
     def describe(self, k):
         """What a kNN figure of this data means, for `summary.json`."""
-        return {"memory": self.memory.name, "memory_images": self.memory.size,
-                "queries": self.queries.name, "query_images": self.queries.size,
-                "k": min(k, self.memory.size)}  # fmt: skip
+        return {
+            "memory": self.memory.name,
+            "memory_images": self.memory.size,
+            "queries": self.queries.name,
+            "query_images": self.queries.size,
+            "k": min(k, self.memory.size),
+        }
 
     def __str__(self):
-        return (f"memory {self.memory.name} ({self.memory.size:,} images), queries "
-                f"{self.queries.name} ({self.queries.size:,} images)")  # fmt: skip
+        return (
+            f"memory {self.memory.name} ({self.memory.size:,} images), queries "
+            f"{self.queries.name} ({self.queries.size:,} images)"
+        )
 
 
 def _data(c, log, resuming):
@@ -244,8 +259,10 @@ def _data(c, log, resuming):
     if not (c.knn_every or c.compare_random_init) or not is_chief():  # others would only wait
         return source, steps, None, holdout
     if not source.labeled:
-        log(f"kNN monitor off: {source.name} has no class subfolders (<class>/<image>), so no "
-            "labels.")  # fmt: skip
+        log(
+            f"kNN monitor off: {source.name} has no class subfolders (<class>/<image>), so no "
+            "labels."
+        )
         return source, steps, None, holdout
     if c.val_dir:
         queries = sources.load_source(c.dataset, "validation", c.data_dir, c.val_dir, c.image_size)
@@ -254,8 +271,10 @@ def _data(c, log, resuming):
     else:
         queries = sources.load_source(c.dataset, "validation", c.data_dir, None, c.image_size)
     if queries is None:
-        log("kNN monitor off: this run holds out no images of --train_dir (it started "
-            "without the monitor or with --knn_holdout=0); give --val_dir for it.")  # fmt: skip
+        log(
+            "kNN monitor off: this run holds out no images of --train_dir (it started "
+            "without the monitor or with --knn_holdout=0); give --val_dir for it."
+        )
         return source, steps, None, holdout
     if not queries.labeled:
         log(f"kNN monitor off: {queries.name} has no class subfolders (<class>/<image>).")
@@ -299,9 +318,11 @@ def _hold_out(c, source, log, resuming):
     except ValueError as e:  # a count that leaves no training image: the flag's fault
         raise ConfigError(f"{{}}: {e}", "knn_holdout") from None
     names = [os.path.relpath(f, c.train_dir) for f in held.items.tolist()]
-    log(f"Holding out {held.size:,} of the {source.size:,} images of {source.name} as kNN "
+    log(
+        f"Holding out {held.size:,} of the {source.size:,} images of {source.name} as kNN "
         f"queries (class-balanced, seed {c.seed}; listed in {path}); --val_dir gives other "
-        "queries, --knn_holdout=0 none.")  # fmt: skip
+        "queries, --knn_holdout=0 none."
+    )
     return train, held, names
 
 
@@ -324,8 +345,10 @@ def _random_init_knn(c, model, knn_data, log):
         return None
     baseline = knn.recalibrated_copy(model.backbone, knn_data.datasets[0])
     top1 = _knn(baseline, *knn_data.datasets, c.knn_k)
-    log(f"kNN top-1 of the random-init encoder (BN statistics recomputed on the training "
-        f"images): {top1:.2f}")  # fmt: skip
+    log(
+        f"kNN top-1 of the random-init encoder (BN statistics recomputed on the training "
+        f"images): {top1:.2f}"
+    )
     return top1
 
 
@@ -375,11 +398,14 @@ def _finish(c, model, history, summary, log):
             summary["export"] = export_or_explain(model, c, log)
         except Exception as e:  # noqa: BLE001 (one line; the weights are in model.keras)
             summary["export"] = None
-            log(f"The SavedModel export failed ({_reason(e)}); the weights are in {path}. "
-                f"Export with: python scripts/export.py --workdir {c.workdir}")  # fmt: skip
+            log(
+                f"The SavedModel export failed ({_reason(e)}); the weights are in {path}. "
+                f"Export with: python scripts/export.py --workdir {c.workdir}"
+            )
     try:
-        report.plot_history(history.as_dict(), os.path.join(c.workdir, "history.png"),
-                            "SimSiam pretraining")  # fmt: skip
+        report.plot_history(
+            history.as_dict(), os.path.join(c.workdir, "history.png"), "SimSiam pretraining"
+        )
     except Exception as e:  # noqa: BLE001 (a plot is not worth the run)
         log(f"history.png was not written ({_reason(e)}); the numbers are in {history.path}.")
     report.write_json(os.path.join(c.workdir, "summary.json"), summary)
@@ -397,16 +423,23 @@ def _callbacks(c, model, strategy, source, knn_data, steps, start_step, history)
     chief = is_chief()
     ckpt_dir = os.path.join(c.workdir, "checkpoints")
     ckpt = checkpoint.StepCheckpoint(
-        ckpt_dir, c.checkpoint_every, steps, start_step, save=chief,
+        ckpt_dir,
+        c.checkpoint_every,
+        steps,
+        start_step,
+        save=chief,
         running_metrics=not is_multi_worker(strategy),
-    )  # fmt: skip
+    )
     callbacks = []
     knn_monitor = None
     if knn_data and c.knn_every:
         knn_monitor = monitors.KNNMonitor(
-            *knn_data.datasets, every=c.knn_every, k=c.knn_k,
-            progress_every_s=c.progress_every_s, epochs=c.epochs,
-        )  # fmt: skip
+            *knn_data.datasets,
+            every=c.knn_every,
+            k=c.knn_k,
+            progress_every_s=c.progress_every_s,
+            epochs=c.epochs,
+        )
         callbacks.append(knn_monitor)
     probe = next(iter(data.labeled_dataset(source, 256, c.image_size, require_labels=False)))[0]
     collapse = monitors.CollapseMonitor(np.asarray(probe))
@@ -416,10 +449,14 @@ def _callbacks(c, model, strategy, source, knn_data, steps, start_step, history)
         if _has_tensorflow():
             # Per-epoch points plus loss, z_std and lr every 100 steps (an ImageNet epoch is
             # 2,500 steps at batch 512). tf.summary writes them whatever the Keras backend.
-            callbacks.append(workarounds.GlobalStepTensorBoard(
-                os.path.join(c.workdir, "tensorboard"), update_freq=min(100, steps)))  # fmt: skip
-        callbacks.append(monitors.TrainingProgress(
-            c.epochs, steps, c.batch_size, c.progress_every_s, start_step))  # fmt: skip
+            callbacks.append(
+                workarounds.GlobalStepTensorBoard(
+                    os.path.join(c.workdir, "tensorboard"), update_freq=min(100, steps)
+                )
+            )
+        callbacks.append(
+            monitors.TrainingProgress(c.epochs, steps, c.batch_size, c.progress_every_s, start_step)
+        )
     callbacks.append(ckpt)  # last: an epoch's end is saved once its numbers are written
     return ckpt, knn_monitor, collapse, callbacks
 
@@ -430,9 +467,14 @@ def _train(model, source, c, strategy, steps, ckpt, callbacks):
     Stops early on a NaN loss or a signal.
     """
     checkpoint.fit_from(
-        model, lambda step: train_dataset(source, c, strategy, start_batch=step), c.epochs,
-        steps, ckpt, callbacks, graceful=not is_multi_worker(strategy),
-    )  # fmt: skip
+        model,
+        lambda step: train_dataset(source, c, strategy, start_batch=step),
+        c.epochs,
+        steps,
+        ckpt,
+        callbacks,
+        graceful=not is_multi_worker(strategy),
+    )
 
 
 def _has_tensorflow():
@@ -455,10 +497,19 @@ def train_dataset(source, config, strategy=None, start_batch=0, shuffle=True):
 
     def views(batch_size, input_context):
         return data.two_view_dataset(
-            source, batch_size, c.image_size, blur=c.blur, seed=c.seed, shuffle=shuffle,
-            repeat=True, deterministic=c.deterministic, input_context=input_context,
-            start_batch=start_batch, augment_impl=c.augment_impl, augment_on=c.augment_on,
-        )  # fmt: skip
+            source,
+            batch_size,
+            c.image_size,
+            blur=c.blur,
+            seed=c.seed,
+            shuffle=shuffle,
+            repeat=True,
+            deterministic=c.deterministic,
+            input_context=input_context,
+            start_batch=start_batch,
+            augment_impl=c.augment_impl,
+            augment_on=c.augment_on,
+        )
 
     return distribute.per_worker_dataset(strategy, c.batch_size, views)
 
@@ -469,13 +520,23 @@ def build_model(config, steps_per_epoch, distributed=False):
     backbone = backbones.build_resnet(c.backbone, c.width, c.image_size, distributed)
     augment = ViewAugment(blur=c.blur, seed=c.seed) if c.augment_on == "device" else None
     model = SimSiam(
-        backbone, c.dim, c.pred_dim, c.projector_layers, c.stop_gradient, distributed,
+        backbone,
+        c.dim,
+        c.pred_dim,
+        c.projector_layers,
+        c.stop_gradient,
+        distributed,
         augment=augment,
-    )  # fmt: skip
+    )
     optimizer = simsiam_optimizer(
-        c.base_lr, c.batch_size, c.epochs, steps_per_epoch, c.weight_decay,
-        fix_pred_lr=c.fix_pred_lr, warmup_epochs=c.warmup_epochs,
-    )  # fmt: skip
+        c.base_lr,
+        c.batch_size,
+        c.epochs,
+        steps_per_epoch,
+        c.weight_decay,
+        fix_pred_lr=c.fix_pred_lr,
+        warmup_epochs=c.warmup_epochs,
+    )
     if c.mixed_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(optimizer=optimizer)
