@@ -42,6 +42,6 @@ setup(
         # CUDA build from PyPI.
         "torch": ["torch==2.13.0"],
         "jax": ["jax>=0.4.30"],
-        "test": ["pytest>=8", "ruff>=0.5"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.5"],
     },
 )
