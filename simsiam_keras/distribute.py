@@ -91,7 +91,8 @@ def start(strategy_name, mixed_precision, batch_size):
     Args:
         strategy_name: `--strategy` (one of `STRATEGIES`).
         mixed_precision: "none", "float16" or "bfloat16" (`--mixed_precision`): sets Keras's
-            global policy `mixed_<value>`.
+            global policy, `mixed_<value>` or float32 for "none" (so that a run after a mixed
+            one in the same process computes in float32 again).
         batch_size: the global batch size, which must split evenly over the replicas.
 
     Returns:
@@ -100,8 +101,8 @@ def start(strategy_name, mixed_precision, batch_size):
     Raises:
         ConfigError: a strategy the backend cannot do, or a batch that does not split.
     """
-    if mixed_precision != "none":
-        keras.mixed_precision.set_global_policy(f"mixed_{mixed_precision}")
+    policy = "float32" if mixed_precision == "none" else f"mixed_{mixed_precision}"
+    keras.mixed_precision.set_global_policy(policy)
     strategy, replicas = make_strategy(strategy_name)
     if batch_size % replicas:
         raise ConfigError(

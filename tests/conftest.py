@@ -20,3 +20,15 @@ if os.environ.get("SIMSIAM_BLOCK_TF") == "1":
     # Modules that are TensorFlow by design (tf.data, augmentation ops) are not collected there;
     # only tests marked `multibackend` run in those processes anyway.
     collect_ignore = ["test_augment.py", "test_data.py", "test_linear.py"]
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _keras_global_policy():
+    """Each test starts in float32: a command run in-process may have set a mixed policy."""
+    yield
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        keras.mixed_precision.set_global_policy("float32")
