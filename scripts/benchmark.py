@@ -242,7 +242,7 @@ def benchmark_pipeline():
         source = sources.image_folder(FLAGS.train_dir)
     else:
         source = sources.embedded_digits("train", FLAGS.image_size)
-    ds = data.two_view_dataset(
+    ds = data.two_view_dataset_variant(
         source,
         FLAGS.batch_size,
         FLAGS.image_size,

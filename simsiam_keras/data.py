@@ -17,6 +17,8 @@ tf.data runs on TensorFlow whatever the Keras backend; JAX and PyTorch consume i
 batches (`model.fit` accepts a `tf.data.Dataset` on every backend).
 """
 
+import inspect
+
 import tensorflow as tf
 
 from simsiam_keras import augment, names, recipe
@@ -100,8 +102,6 @@ def two_view_dataset(
     input_context=None,
     repeat=False,
     augment_on="host",
-    fused=False,
-    compiled=True,
     start_batch=0,
     augment_impl="simsiam_keras",
 ):
@@ -123,12 +123,6 @@ def two_view_dataset(
         repeat: repeat indefinitely.
         augment_on: "host" (the whole recipe here, in tf.data) or "device" (only decode, crop
             and resize here; views in [0, 1] for `device_augment.ViewAugment` in the step).
-        fused: decode each view's crop of a JPEG separately with the crop fused into the
-            decode, instead of decoding the image once for both views. Off by default: two
-            crops of scale 0.2-1 cover ~1.2x the image on average; measured at 224 px the two
-            were within noise (docs/pipeline.md), so the simpler decode-once path is
-            the default.
-        compiled: run the colour steps, blur and normalisation as one XLA-compiled function.
         start_batch: begin at this batch of the (repeated, seeded) stream: resuming mid-epoch
             gives exactly the batches an uninterrupted run would have seen next.
         augment_impl: "simsiam_keras" (this package's ops, torchvision's semantics, seeded per
@@ -139,6 +133,62 @@ def two_view_dataset(
     Returns:
         A `tf.data.Dataset`.
     """
+    return _two_view_dataset(
+        source,
+        batch_size,
+        image_size,
+        blur,
+        seed,
+        shuffle,
+        deterministic,
+        input_context,
+        repeat,
+        augment_on,
+        start_batch,
+        augment_impl,
+        fused=False,
+        compiled=True,
+    )
+
+
+def two_view_dataset_variant(*args, fused=False, compiled=True, **kwargs):
+    """`two_view_dataset` with the two choices it fixes, for the pipeline benchmark.
+
+    Args:
+        *args: as `two_view_dataset`.
+        fused: decode each view's crop of a JPEG separately with the crop fused into the
+            decode, instead of decoding the image once for both views. Off in
+            `two_view_dataset`: two crops of scale 0.2-1 cover ~1.2x the image on average, and
+            at 224 px the two were within noise (docs/pipeline.md), so the simpler
+            decode-once path is kept.
+        compiled: run the colour steps, blur and normalisation as one XLA-compiled function
+            (on in `two_view_dataset`).
+        **kwargs: as `two_view_dataset`.
+
+    Returns:
+        A `tf.data.Dataset`, as `two_view_dataset`.
+    """
+    settings = inspect.signature(two_view_dataset).bind(*args, **kwargs)
+    settings.apply_defaults()
+    return _two_view_dataset(*settings.args, fused=fused, compiled=compiled)
+
+
+def _two_view_dataset(
+    source,
+    batch_size,
+    image_size,
+    blur,
+    seed,
+    shuffle,
+    deterministic,
+    input_context,
+    repeat,
+    augment_on,
+    start_batch,
+    augment_impl,
+    fused,
+    compiled,
+):
     _check_batch(batch_size)
     if augment_on not in ("host", "device"):
         raise ValueError(f"`augment_on` must be 'host' or 'device'. Received: {augment_on!r}")
