@@ -32,7 +32,7 @@ config() {  # arch size batch [extra keras flags...] with the reference's matchi
     for bn in $BN_VARIANTS; do
       [ "$backend" = jax ] && [ "$bn" = --keras_bn ] && continue  # JAX: Keras's BN either way
       KERAS_BACKEND=$backend tagged "keras_$backend $arch $size $batch $* $bn" python \
-        scripts/benchmark.py step --backbone "$arch" --image_size "$size" --batch_size "$batch" \
+        benchmarks/benchmark.py step --backbone "$arch" --image_size "$size" --batch_size "$batch" \
         --steps "$STEPS" --warmup "$WARMUP" "$@" $bn
     done
   done

@@ -59,7 +59,7 @@ for batch in $BATCHES; do
   run "torch_reference_b$batch" "$PYTHON" benchmarks/torch_reference.py step --arch "$ARCH" \
     --size "$SIZE" --width "$WIDTH" --batch "$batch" --steps "$STEPS" --warmup "$WARMUP" \
     --device "$DEVICE" --bf16 --channels-last --nominal-tflops "$NOMINAL_TFLOPS"
-  keras_step=("$PYTHON" scripts/benchmark.py step --backbone "$ARCH" --image_size "$SIZE"
+  keras_step=("$PYTHON" benchmarks/benchmark.py step --backbone "$ARCH" --image_size "$SIZE"
     --width "$WIDTH" --batch_size "$batch" --steps "$STEPS" --warmup "$WARMUP"
     --mixed_precision bfloat16 --nominal_tflops "$NOMINAL_TFLOPS")
   KERAS_BACKEND=jax run "keras_jax_b$batch" "${keras_step[@]}" --peak_matmul "$PEAK_MATMUL"

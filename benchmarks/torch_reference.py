@@ -18,7 +18,7 @@ the authors' public code writes them (torchvision ResNets, `transforms.RandomRes
 `--warmup`), `--device cuda` and `--bf16` (autocast) for the GPU check (benchmarks/gpu_check.sh),
 with the model's training FLOPs counted by `torch.utils.flop_counter`.
 `views`: statistics of the views of a folder's first `--images` images (channel means and
-stds, grayscale fraction, crop area and aspect quantiles), as `scripts/benchmark.py views`.
+stds, grayscale fraction, crop area and aspect quantiles), as `benchmarks/benchmark.py views`.
 `pipeline`: two-view pairs per second out of a DataLoader over an image folder
 (`<class>/<image>`), `--workers` processes. `train`: the CIFAR recipe (App. D: resnet18_cifar,
 2-layer projector, lr 0.03 x batch/256, weight decay 5e-4, cosine, no blur) on the first

@@ -1,6 +1,6 @@
 """Per-view statistics of an augmentation pipeline, the same formulas for every side.
 
-NumPy only: `benchmarks/torch_reference.py views` (torchvision) and `scripts/benchmark.py
+NumPy only: `benchmarks/torch_reference.py views` (torchvision) and `benchmarks/benchmark.py
 views` (this package, either `--augment_impl`) both call `view_statistics`.
 """
 

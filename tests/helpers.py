@@ -29,8 +29,15 @@ def user_environ(**overrides):
 
 
 def run_script(name, *args, cwd=ROOT, env=None, timeout=900):
-    """Runs `scripts/<name>.py args` in a subprocess; returns the `CompletedProcess`."""
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", f"{name}.py"), *map(str, args)]
+    """Runs `scripts/<name>.py args` (or `benchmarks/<name>.py`) in a subprocess.
+
+    Returns:
+        The `CompletedProcess`.
+    """
+    path = os.path.join(ROOT, "scripts", f"{name}.py")
+    if not os.path.exists(path):
+        path = os.path.join(ROOT, "benchmarks", f"{name}.py")
+    cmd = [sys.executable, path, *map(str, args)]
     return subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env or user_environ()
     )

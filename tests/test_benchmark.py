@@ -12,7 +12,7 @@ from tests.helpers import ROOT
 def test_step_benchmark_prints_pairs_per_second_as_last_json_line():
     cmd = [
         sys.executable,
-        os.path.join(ROOT, "scripts", "benchmark.py"),
+        os.path.join(ROOT, "benchmarks", "benchmark.py"),
         "step",
         "--backbone",
         "resnet18_cifar",
@@ -39,7 +39,7 @@ def test_step_benchmark_prints_pairs_per_second_as_last_json_line():
 
 
 def test_benchmark_rejects_unknown_command():
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "nonsense"]
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "benchmark.py"), "nonsense"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode != 0 and "Usage" in result.stderr
 
@@ -47,7 +47,7 @@ def test_benchmark_rejects_unknown_command():
 def test_pipeline_benchmark_and_show_views(tmp_path):
     from PIL import Image
 
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "pipeline"]
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "benchmark.py"), "pipeline"]
     cmd += ["--image_size", "16", "--batch_size", "8", "--batches", "2", "--warmup", "1"]
     run = dict(capture_output=True, text=True, timeout=600, cwd=ROOT)
     result = subprocess.run(cmd, **run)
@@ -67,7 +67,7 @@ def test_pipeline_benchmark_and_show_views(tmp_path):
         cmd + ["--augment_impl=kerascv"], capture_output=True, text=True, timeout=600, cwd=ROOT
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    views = [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "views"]
+    views = [sys.executable, os.path.join(ROOT, "benchmarks", "benchmark.py"), "views"]
     views += ["--image_size=16", "--batch_size=8", "--batches=2", "--augment_impl=kerascv"]
     result = subprocess.run(views, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,7 +1,7 @@
 r"""Speed benchmarks; the last printed line is one JSON object.
 
-  python scripts/benchmark.py step --backbone resnet18_cifar --image_size 32 --batch_size 128
-  python scripts/benchmark.py pipeline --train_dir DIR --image_size 224 --batch_size 64
+  python benchmarks/benchmark.py step --backbone resnet18_cifar --image_size 32 --batch_size 128
+  python benchmarks/benchmark.py pipeline --train_dir DIR --image_size 224 --batch_size 64
 
 `step`: image pairs per second through `SimSiam.train_step` on random inputs, timed per batch
 inside one `fit` call after a warm-up (the first steps trace and compile: docs/keras_notes.md,
