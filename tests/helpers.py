@@ -53,13 +53,14 @@ COMMANDS = {
 }
 
 
-def run_command(name, *args, cwd=None):
+def run_command(name, *args, cwd=None, stdout=None):
     """`scripts/<name>.py args` in this process: the same command, without a new interpreter.
 
     What a script does is `commands.<command>()` on `sys.argv`; this calls it with stdout and
     stderr captured and its `SystemExit` turned into the exit code. Tests of what needs a
     process of its own (signals, kills, the logs TensorFlow prints at start-up, a fresh import)
-    use `run_script`. Returns a `CompletedProcess` like `run_script`.
+    use `run_script`. `stdout`: a text stream to write to instead of a fresh `io.StringIO` (one
+    that watches the lines, say). Returns a `CompletedProcess` like `run_script`.
     """
     import contextlib
     import io
@@ -67,7 +68,7 @@ def run_command(name, *args, cwd=None):
     from simsiam_keras import commands
 
     argv = [os.path.join(ROOT, "scripts", f"{name}.py"), *map(str, args)]
-    out, err, code = io.StringIO(), io.StringIO(), 0
+    out, err, code = stdout or io.StringIO(), io.StringIO(), 0
     saved_argv, saved_cwd = sys.argv, os.getcwd()
     try:
         sys.argv = argv

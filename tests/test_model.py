@@ -5,7 +5,9 @@ import pytest
 import simsiam_keras as sk
 from simsiam_keras import optim
 
-pytestmark = pytest.mark.multibackend
+# The train step, saving and fitting also run under JAX and PyTorch (tests/test_backends.py);
+# the architecture checks are the same Keras layers on every backend.
+multibackend = pytest.mark.multibackend
 
 
 def _model(**kwargs):
@@ -24,6 +26,7 @@ def _weights(model):
     return [np.array(keras.ops.convert_to_numpy(v)) for v in model.trainable_variables]
 
 
+@multibackend
 def test_one_fit_step_changes_weights_and_logs_metrics():
     keras.utils.set_random_seed(0)
     model = _model()
@@ -46,6 +49,7 @@ def test_one_fit_step_changes_weights_and_logs_metrics():
     assert 0.0 < logs["z_std"][0] <= 1.0
 
 
+@multibackend
 def test_twenty_steps_on_a_fixed_batch_lower_the_loss():
     keras.utils.set_random_seed(1)
     model = _model()
@@ -59,6 +63,7 @@ def test_twenty_steps_on_a_fixed_batch_lower_the_loss():
     assert last < first, (first, last)
 
 
+@multibackend
 def test_fit_accepts_dict_and_labelled_elements():
     model = _model()
     model.compile(optimizer=optim.SGD(0.01))
@@ -67,6 +72,7 @@ def test_fit_accepts_dict_and_labelled_elements():
     model.fit((x1, x2), np.zeros(8), batch_size=8, epochs=1, verbose=0)
 
 
+@multibackend
 def test_keras_save_and_load_give_identical_outputs(tmp_path):
     model = _model()
     model.compile(optimizer=optim.SGD(0.05, momentum=0.9))
@@ -88,6 +94,7 @@ def test_keras_save_and_load_give_identical_outputs(tmp_path):
     assert isinstance(loaded.optimizer, optim.SGD)
 
 
+@multibackend
 def test_config_round_trip():
     model = _model(stop_gradient=False)
     clone = sk.SimSiam.from_config(model.get_config())
@@ -152,6 +159,7 @@ def test_imagenet_heads_have_three_projector_layers():
     assert model.predictor.get_layer("predictor_dense_2").use_bias
 
 
+@multibackend
 def test_user_supplied_backbone():
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3)(inputs)

@@ -4,11 +4,13 @@ the kNN monitor on the user's data only; `model.keras` loaded the Keras way in a
 """
 
 import csv
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -52,30 +54,52 @@ def _weights(path):
         return [f[k] for k in sorted(f.files)]
 
 
-def _signal_when(args, ready, signum=signal.SIGINT, timeout=600):
-    """Runs pretrain.py, sends `signum` once `ready(line)` holds for a line of its stdout (or
-    once `ready(None)` holds, polled); returns (returncode, stdout, stderr)."""
-    proc = subprocess.Popen(
-        [sys.executable, SCRIPT, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=user_environ(),
-    )
-    seen, deadline = [], time.time() + timeout
-    if ready(None) is None:  # wait for a line
-        for line in proc.stdout:
-            seen.append(line)
-            if ready(line):
-                break
-    else:  # poll the file system
-        while time.time() < deadline and proc.poll() is None and not ready(None):
-            time.sleep(0.005)
-    assert proc.poll() is None, "".join(seen) + proc.stderr.read()
-    proc.send_signal(signum)
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, "".join(seen) + out, err
+class _SignalOnLine(io.StringIO):
+    """A stdout that sends this process SIGINT once `ready(line)` holds for a line written to it.
+
+    Ctrl-C as the user presses it, at a moment the output names: the signal arrives while the
+    command runs in this process (`run_command`), through the handlers the command installed.
+    """
+
+    def __init__(self, ready):
+        super().__init__()
+        self.ready, self.sent, self.partial = ready, False, ""
+
+    def write(self, text):
+        written = super().write(text)
+        *lines, self.partial = (self.partial + text).split("\n")
+        for line in lines:
+            if not self.sent and self.ready(line):
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGINT)
+        return written
+
+
+def _signal_when(args, ready):
+    """`pretrain.py args` in this process, interrupted once `ready(line)` holds for a line of
+    its output, or (with `ready(None)` not None) once `ready(None)` holds, polled from a thread;
+    returns (returncode, stdout, stderr)."""
+    stream = _SignalOnLine(ready)
+    polled = ready(None) is not None
+    done = threading.Event()
+
+    def poll():
+        while not done.is_set() and not ready(None):
+            time.sleep(0.002)
+        if not done.is_set():
+            stream.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+    if polled:
+        stream.ready = lambda line: False
+        watcher = threading.Thread(target=poll, daemon=True)
+        watcher.start()
+    try:
+        result = run_command("pretrain", *args, stdout=stream)
+    finally:
+        done.set()
+    assert stream.sent, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.returncode, result.stdout, result.stderr
 
 
 def test_interrupted_anywhere_then_rerun_finishes_like_an_uninterrupted_run(tmp_path):
@@ -85,7 +109,7 @@ def test_interrupted_anywhere_then_rerun_finishes_like_an_uninterrupted_run(tmp_
     work = tmp_path / "interrupted"
     args = [*RUN, f"--workdir={work}"]
 
-    # 1. Ctrl-C in the first epoch, before any kNN pass (what broke the history before).
+    # 1. Ctrl-C in the first epoch, before any kNN pass.
     code, out, err = _signal_when(args, lambda line: line and line.startswith("epoch 1/3  3/6"))
     assert code == 130 and "Interrupted at step" in err, err
     assert not (work / "history.csv").exists()  # no row for an epoch cut short
