@@ -32,3 +32,9 @@ def _keras_global_policy():
     keras = sys.modules.get("keras")
     if keras is not None:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The `long` tests first: pytest-xdist hands tests out in this order, and a long test
+    started last would keep one worker busy while the other waits."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)

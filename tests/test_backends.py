@@ -14,6 +14,7 @@ import pytest
 from tests.helpers import ROOT
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_multibackend_suite(backend):
     pytest.importorskip(backend)

@@ -140,6 +140,7 @@ def _interrupt(args, signum, after_step):
     return int(match.group(1)), "".join(seen) + out
 
 
+@pytest.mark.long
 def test_interrupts_save_say_one_line_and_the_rerun_resumes(tmp_path):
     # Ctrl-C (SIGINT, 130), then SIGTERM (143, a cluster's pre-emption) on the resumed run,
     # then the same command finishes the run.

@@ -20,6 +20,7 @@ import warnings
 
 import keras
 import numpy as np
+import pytest
 from sklearn.datasets import load_digits
 
 import simsiam_keras as sk
@@ -71,6 +72,7 @@ def _train(stop_gradient, images, seed=0, epochs=EPOCHS):
     return history, monitor
 
 
+@pytest.mark.long
 def test_removing_stop_gradient_collapses_and_keeping_it_does_not():
     images = _digits()
     sg, monitor_sg = _train(True, images)

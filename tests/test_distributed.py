@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from simsiam_keras import checkpoint
 from tests.helpers import ROOT
@@ -50,6 +51,7 @@ def _max_difference(a, b):
     return max(np.abs(a[k] - b[k]).max() for k in _weight_keys(a))
 
 
+@pytest.mark.long
 def test_mirrored_two_replicas_equal_one_device(tmp_path):
     init = tmp_path / "init.npz"
     single = _run("single", init, tmp_path / "single.npz")
@@ -103,6 +105,7 @@ def _start_workers(tmp_path, cluster, command):
     return logs
 
 
+@pytest.mark.long
 def test_two_workers_equal_each_other_and_one_process(tmp_path):
     init = tmp_path / "init.npz"
     single = _run("pipeline", init, tmp_path / "single.npz")
@@ -131,6 +134,7 @@ def test_two_workers_equal_each_other_and_one_process(tmp_path):
     assert first["keras_20585"] == 1, "keras#20585 is fixed: remove skip_symbolic_build"
 
 
+@pytest.mark.long
 def test_two_worker_cli_run_chief_writes_and_exports(tmp_path):
     # The real command on two localhost workers sharing one workdir: only the chief (worker 0)
     # writes checkpoints, logs, the summary and the export; both finish at the same step.

@@ -239,6 +239,7 @@ def test_a_kill_mid_checkpoint_keeps_the_last_one_and_the_rerun_matches(tmp_path
     assert not [n for n in os.listdir(directory) if n.startswith(".tmp")]
 
 
+@pytest.mark.long
 def test_quickstart_learns_and_its_linear_evaluation_beats_knn(tmp_path):
     # The README's quickstart, in a process of its own as a user runs it.
     work = tmp_path / "qs"
@@ -307,6 +308,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
         assert all(np.isfinite(f[k]).all() for k in f.files)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_every_backend_exports_and_writes_summaries(tmp_path, backend):
     # The whole flow on JAX (DataParallel over 2 host devices) and PyTorch: the run leaves a

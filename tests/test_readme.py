@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import ROOT
 
 # The docs whose Python blocks run here (docs/convert.md's need an official checkpoint file).
@@ -16,6 +18,7 @@ def python_blocks(text):
     return re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
 
 
+@pytest.mark.long
 def test_readme_and_docs_python_blocks_run_as_written(tmp_path):
     paths = [os.path.join(ROOT, "README.md")] + [os.path.join(ROOT, "docs", d) for d in DOCS]
     blocks = []

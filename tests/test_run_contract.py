@@ -102,6 +102,7 @@ def _signal_when(args, ready):
     return result.returncode, result.stdout, result.stderr
 
 
+@pytest.mark.long
 def test_interrupted_anywhere_then_rerun_finishes_like_an_uninterrupted_run(tmp_path):
     straight = tmp_path / "straight"
     reference = last_json(run_command("pretrain", *RUN, f"--workdir={straight}"))
