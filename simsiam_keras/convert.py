@@ -337,8 +337,26 @@ def _to_keras_layout(array):
     return array.transpose(2, 3, 1, 0) if array.ndim == 4 else array.T if array.ndim == 2 else array
 
 
-def _to_torch_layout(array):
+def to_torch_layout(array):
+    """A Keras weight array in PyTorch's layout: HWIO -> OIHW kernels, (in, out) -> (out, in)."""
     return array.transpose(3, 2, 0, 1) if array.ndim == 4 else array.T if array.ndim == 2 else array
+
+
+def torch_keys(model):
+    """`{variable.path: official key}` for every weight of `model` (as `torch_state_dict`).
+
+    Args:
+        model: a `SimSiam`, a `LinearClassifier` or a `build_resnet` backbone.
+
+    Returns:
+        A dict from each Keras variable's path to its key in the official state dict.
+    """
+    _, layers = _sections(model, "encoder.")
+    return {
+        variable.path: f"{prefix}{_torch_module(layer.name)}.{KERAS_TO_TORCH[variable.name]}"
+        for layer, prefix in layers
+        for variable in layer.weights
+    }
 
 
 def _fold_keys(architecture):
@@ -394,7 +412,7 @@ def build_keras(state, architecture, image_size=None):
     for key, variable in values.items():
         array = np.ascontiguousarray(_to_keras_layout(state[key]), dtype=np.float32)
         if array.shape != tuple(variable.shape):
-            expected = _to_torch_layout(np.broadcast_to(np.float32(0), variable.shape)).shape
+            expected = to_torch_layout(np.broadcast_to(np.float32(0), variable.shape)).shape
             raise ValueError(
                 f"'{key}' has shape {list(state[key].shape)}; a {a.arch} of width {a.width:g} "
                 f"has {list(expected)} there"
@@ -469,7 +487,7 @@ def torch_state_dict(model):
         module = prefix + _torch_module(layer.name)
         for variable in layer.weights:
             array = np.asarray(keras.ops.convert_to_numpy(variable), np.float32)
-            state[f"{module}.{KERAS_TO_TORCH[variable.name]}"] = _to_torch_layout(array)
+            state[f"{module}.{KERAS_TO_TORCH[variable.name]}"] = to_torch_layout(array)
         if isinstance(layer, keras.layers.BatchNormalization):
             if layer.epsilon != 1e-5:
                 raise ValueError(f"{layer.name!r} has epsilon {layer.epsilon}; PyTorch's is 1e-5")

@@ -1,4 +1,8 @@
-"""Parity with the official PyTorch formulation: outputs, loss and gradients in train mode."""
+"""Parity with the official PyTorch formulation: outputs, loss and gradients in train mode.
+
+The reference is the authors' model (`tests/torch_official.py`, the same one the conversion
+tests use), given this package's weights through `convert.torch_state_dict`.
+"""
 
 import numpy as np
 import pytest
@@ -6,15 +10,17 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import simsiam_keras as sk  # noqa: E402
+from simsiam_keras import convert  # noqa: E402
+from tests import torch_official as official  # noqa: E402
 from tests._backend import model_loss_and_grads  # noqa: E402
-from tests.torch_simsiam import (  # noqa: E402
-    TorchSimSiamCifar,
-    copy_keras_weights,
-    official_loss,
-    torch_param_for,
-)
 
 pytestmark = pytest.mark.multibackend
+
+
+def official_loss(p1, p2, z1, z2):
+    """`main_simsiam.py`'s criterion: -(cos(p1, z2).mean() + cos(p2, z1).mean()) * 0.5."""
+    cosine = torch.nn.CosineSimilarity(dim=1)
+    return -(cosine(p1, z2).mean() + cosine(p2, z1).mean()) * 0.5
 
 
 def test_keras_model_matches_pytorch_in_train_mode():
@@ -26,8 +32,9 @@ def test_keras_model_matches_pytorch_in_train_mode():
     for v in model.trainable_variables:
         if v.path.endswith("gamma"):
             v.assign(rng.uniform(0.5, 1.5, size=v.shape).astype("float32"))
-    ref = TorchSimSiamCifar([8, 16, 32, 64], dim, pred_dim)
-    copy_keras_weights(model, ref)
+    ref = official.SimSiam("resnet18_cifar", width, dim, pred_dim, projector_layers=2)
+    state, _ = convert.torch_state_dict(model)
+    ref.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
     ref.train()
 
     x1 = rng.normal(size=(8, 8, 8, 3)).astype("float32")
@@ -43,11 +50,16 @@ def test_keras_model_matches_pytorch_in_train_mode():
     for name, t in (("p1", p1), ("p2", p2), ("z1", z1), ("z2", z2)):
         np.testing.assert_allclose(outputs[name], t.detach().numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(loss, ref_loss.item(), rtol=1e-5, atol=1e-6)
-    assert len(grads) == len([p for p in ref.parameters()])
+    params = dict(ref.named_parameters())
+    assert len(grads) == len([p for p in params.values() if p.requires_grad])
+    keys = convert.torch_keys(model)
     for v, g in zip(model.trainable_variables, grads):
-        tensor, layout = torch_param_for(ref, v)
-        expected = tensor.grad.numpy()
+        expected = params[keys[v.path]].grad.numpy()
         scale = np.abs(expected).max() + 1e-12
         np.testing.assert_allclose(
-            layout(g), expected, rtol=1e-3, atol=1e-3 * scale, err_msg=v.path
+            convert.to_torch_layout(np.asarray(g)),
+            expected,
+            rtol=1e-3,
+            atol=1e-3 * scale,
+            err_msg=v.path,
         )
