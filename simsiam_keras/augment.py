@@ -18,6 +18,7 @@ import math
 import tensorflow as tf
 
 from simsiam_keras import recipe
+from simsiam_keras.sources import decode_image
 
 # The recipe's numbers live in `recipe.py`; these names stay for the callers that use them.
 IMAGENET_MEAN = recipe.IMAGENET_MEAN
@@ -352,7 +353,6 @@ def crops(item, kind, seeds, size, scale, fused=True):
         fused: decode only each crop's window of a JPEG (`tf.io.decode_and_crop_jpeg`), once
             per crop, instead of the whole image once.
     """
-    from simsiam_keras.sources import decode_image
 
     def crop(image, s):
         return random_resized_crop(image, size, s, scale)
@@ -381,8 +381,6 @@ def crops(item, kind, seeds, size, scale, fused=True):
 
 def full_image(item, kind):
     """The whole decoded image of a source item (see `crops`), float32 in [0, 1]."""
-    from simsiam_keras.sources import decode_image
-
     if kind == "pixels":
         return tf.convert_to_tensor(item, tf.float32)
     return decode_image(tf.io.read_file(item) if kind == "path" else item)

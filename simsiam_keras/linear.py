@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from simsiam_keras import model as _model  # noqa: F401 (registers SimSiam for load_model)
-from simsiam_keras import recipe, workarounds
+from simsiam_keras import knn, recipe, workarounds
 from simsiam_keras.lars import LARS
 from simsiam_keras.optim import SGD, SimSiamSchedule
 
@@ -115,8 +115,6 @@ def fit_on_features(classifier, train_data, val_data, l2=1.0, max_iter=1000, pro
         A dict: `top1`, `top5` and `train_top1` (percent), `iterations`.
     """
     from sklearn.linear_model import LogisticRegression
-
-    from simsiam_keras import knn
 
     every = progress_every_s
     train_x, train_y = knn.extract_features(classifier.backbone, train_data, 256, False, every)
