@@ -12,8 +12,8 @@ import os
 import keras
 import numpy as np
 
-from simsiam_keras import model as _model  # noqa: F401 (registers SimSiam for load_model)
 from simsiam_keras import knn, recipe, workarounds
+from simsiam_keras import model as _model  # noqa: F401 (registers SimSiam for load_model)
 from simsiam_keras.lars import LARS
 from simsiam_keras.optim import SGD, SimSiamSchedule
 
