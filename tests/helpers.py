@@ -1,7 +1,9 @@
 """What many tests share: paths, running a script, reading its last JSON line, tiny models."""
 
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -84,6 +86,27 @@ def run_command(name, *args, cwd=None, stdout=None):
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
+class SignalOnLine(io.StringIO):
+    """A stdout that signals this process once `ready(line)` holds for a line written to it.
+
+    Ctrl-C as the user presses it, at a moment the output names: the signal arrives while the
+    command runs in this process (`run_command`), through the handlers the command installed.
+    """
+
+    def __init__(self, ready, signum=signal.SIGINT):
+        super().__init__()
+        self.ready, self.signum, self.sent, self.partial = ready, signum, False, ""
+
+    def write(self, text):
+        written = super().write(text)
+        *lines, self.partial = (self.partial + text).split("\n")
+        for line in lines:
+            if not self.sent and self.ready(line):
+                self.sent = True
+                os.kill(os.getpid(), self.signum)
+        return written
+
+
 def last_json(result):
     """The JSON object a script printed last; fails with its stderr when it did not succeed."""
     assert result.returncode == 0, result.stderr[-4000:]
@@ -129,3 +152,26 @@ def run_file_json(path, timeout=600):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def built_once(tmp_path_factory, name, build):
+    """A directory that `build(path)` fills once per test run, shared by the parallel workers.
+
+    A module fixture runs once per worker that runs one of its tests; for what takes a process
+    of its own to build, the first worker builds it under a lock and the other reads it.
+    """
+    import fcntl
+    import shutil
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the base directory every worker's own is in
+    path = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path / ".built").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True)
+            build(path)
+            (path / ".built").touch()
+    return path

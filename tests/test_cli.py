@@ -13,7 +13,15 @@ import pytest
 from PIL import Image
 
 from simsiam_keras import checkpoint, cli
-from tests.helpers import COMMANDS, ROOT, last_json, run_command, run_script, user_environ
+from tests.helpers import (
+    COMMANDS,
+    ROOT,
+    SignalOnLine,
+    last_json,
+    run_command,
+    run_script,
+    user_environ,
+)
 
 SMALL = [
     "--dataset=digits",
@@ -142,8 +150,8 @@ def _interrupt(args, signum, after_step):
 
 @pytest.mark.long
 def test_interrupts_save_say_one_line_and_the_rerun_resumes(tmp_path):
-    # Ctrl-C (SIGINT, 130), then SIGTERM (143, a cluster's pre-emption) on the resumed run,
-    # then the same command finishes the run.
+    # Ctrl-C (SIGINT, 130) in a process of its own, then SIGTERM (143, a cluster's pre-emption)
+    # on the resumed run in this process, then the same command finishes the run.
     work = tmp_path / "run"
     args = [
         *SMALL,
@@ -157,8 +165,15 @@ def test_interrupts_save_say_one_line_and_the_rerun_resumes(tmp_path):
     assert 3 <= first < 40
     found = checkpoint.latest(str(work / "checkpoints"))
     assert found and checkpoint.read_state(found)["step"] == first  # saved although not due
-    second, log = _interrupt(args, signal.SIGTERM, after_step=first + 2)
-    assert f"(step {first} of 40)" in log and first + 2 <= second < 40
+    after = f"epoch 1/1  {first + 2}/40 "
+    stream = SignalOnLine(lambda line: line.startswith(after), signal.SIGTERM)
+    terminated = run_command("pretrain", *args, stdout=stream)
+    assert terminated.returncode == 143 and f"(step {first} of 40)" in terminated.stdout
+    match = re.fullmatch(
+        r"Interrupted at step (\d+); run the same command to resume\.", terminated.stderr.strip()
+    )
+    second = int(match.group(1))
+    assert first + 2 <= second < 40
     assert checkpoint.read_state(checkpoint.latest(str(work / "checkpoints")))["step"] == second
     resumed = _command("pretrain", *args)
     assert f"(step {second} of 40)" in resumed.stdout

@@ -10,7 +10,10 @@ from keras import ops
 import simsiam_keras as sk
 from simsiam_keras import device_augment as da
 
-pytestmark = pytest.mark.multibackend
+# keras.ops on every backend: the numerics against NumPy, the randomness per image and call, and
+# training with the whole recipe inside the step also run under JAX and PyTorch; the recipe's
+# semantics (orders, rates, flags) are the same code and are checked on TensorFlow.
+multibackend = pytest.mark.multibackend
 
 GRAY = np.array([0.299, 0.587, 0.114], "float32")
 
@@ -49,6 +52,7 @@ def _ref_hue(x, d):
 REFS = (_ref_brightness, _ref_contrast, _ref_saturation, _ref_hue)
 
 
+@multibackend
 def test_colour_ops_match_numpy_per_image():
     x = _images()
     factors = np.array([0.6, 1.0, 1.4], "float32")
@@ -136,6 +140,7 @@ def test_apply_params_follows_each_flag():
     np.testing.assert_allclose(out[3], norm(_ref_blur(x[3], 1.0)[:, ::-1]), atol=1e-5)
 
 
+@multibackend
 def test_layer_is_random_per_image_and_per_call_and_normalises_at_inference():
     layer = da.ViewAugment(blur=True, seed=3)
     x = np.repeat(_images(1, 8, 8), 6, axis=0)  # six copies of one image
@@ -180,6 +185,7 @@ def _ref_crop_and_resize(image, box, size):
     return rows[:, x0] * (1 - fx) + rows[:, x1] * fx
 
 
+@multibackend
 def test_crop_and_resize_matches_numpy_per_image():
     x = _images(4, 12, 10)
     boxes = np.array([[0, 0, 12, 10], [3, 2, 5, 7], [1, 4, 11, 6], [6, 5, 2, 3]], "int32")
@@ -241,6 +247,7 @@ def test_layer_crops_uint8_images_and_resizes_at_inference():
         da.ViewAugment(crop_size=0)
 
 
+@multibackend
 def test_simsiam_trains_from_uint8_arrays_with_the_whole_recipe_on_device():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((16, 16, 3))

@@ -22,7 +22,7 @@ from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
 
 import simsiam_keras as sk  # noqa: E402
 from simsiam_keras import augment, export, linear  # noqa: E402
-from tests.helpers import ROOT  # noqa: E402
+from tests.helpers import ROOT, built_once  # noqa: E402
 
 SIZE = 16
 OTHER_SIZES = {"larger": (40, 24), "smaller": (8, 8)}  # not square, and an upscale
@@ -77,13 +77,17 @@ def _in_subprocess(backend, out):
 def exported(request, tmp_path_factory):
     """(backend, export dir, reference arrays) for an export written under each backend."""
     backend = request.param
-    out = tmp_path_factory.mktemp(f"export_{backend}")
-    if backend == keras.backend.backend():
-        _export_and_reference(str(out))
-    else:
+    if backend != keras.backend.backend():
         pytest.importorskip(backend)
-        result = _in_subprocess(backend, out)
-        assert result.returncode == 0, result.stderr[-4000:]
+
+    def build(out):
+        if backend == keras.backend.backend():
+            _export_and_reference(str(out))
+        else:
+            result = _in_subprocess(backend, out)
+            assert result.returncode == 0, result.stderr[-4000:]
+
+    out = built_once(tmp_path_factory, f"export_{keras.backend.backend()}_{backend}", build)
     with np.load(out / "reference.npz") as f:
         reference = dict(f)
     return backend, out / "export", reference

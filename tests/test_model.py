@@ -63,7 +63,6 @@ def test_twenty_steps_on_a_fixed_batch_lower_the_loss():
     assert last < first, (first, last)
 
 
-@multibackend
 def test_fit_accepts_dict_and_labelled_elements():
     model = _model()
     model.compile(optimizer=optim.SGD(0.01))
@@ -94,7 +93,6 @@ def test_keras_save_and_load_give_identical_outputs(tmp_path):
     assert isinstance(loaded.optimizer, optim.SGD)
 
 
-@multibackend
 def test_config_round_trip():
     model = _model(stop_gradient=False)
     clone = sk.SimSiam.from_config(model.get_config())
@@ -159,7 +157,6 @@ def test_imagenet_heads_have_three_projector_layers():
     assert model.predictor.get_layer("predictor_dense_2").use_bias
 
 
-@multibackend
 def test_user_supplied_backbone():
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3)(inputs)

@@ -79,7 +79,6 @@ def test_knn_monitor_reads_tf_data_and_logs_top5():
     assert history["knn_top5"] == [100.0, 100.0]
 
 
-@pytest.mark.multibackend
 def test_knn_monitor_rejects_a_model_without_backbone():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     model.compile(optimizer="sgd", loss="mse")
@@ -101,7 +100,6 @@ def _fit_with_collapse_monitor(model, epochs):
     return monitor, history, [w for w in caught if issubclass(w.category, monitors.CollapseWarning)]
 
 
-@pytest.mark.multibackend
 def test_collapse_monitor_warns_once_on_a_collapsed_model():
     model = _tiny_simsiam()
     # Collapse by construction: the last projector Linear is zero and its (frozen) non-affine BN
@@ -121,7 +119,6 @@ def test_collapse_monitor_warns_once_on_a_collapsed_model():
         assert cause in message
 
 
-@pytest.mark.multibackend
 def test_collapse_monitor_is_silent_on_a_healthy_model():
     monitor, history, caught = _fit_with_collapse_monitor(_tiny_simsiam(), epochs=5)
     healthy = 1.0 / math.sqrt(DIM)
@@ -134,7 +131,6 @@ def test_collapse_monitor_is_silent_on_a_healthy_model():
     assert [epoch for epoch, _ in monitor.history] == [1, 2, 3, 4, 5]
 
 
-@pytest.mark.multibackend
 def test_collapse_monitor_needs_patience_consecutive_epochs_and_warns_once():
     low, ok = 0.005, 0.08  # dim 100: healthy 0.1, threshold 0.05
     stds = [ok, low, low, ok, low, low, low, low, ok, low, low, low]
@@ -151,7 +147,6 @@ def test_collapse_monitor_needs_patience_consecutive_epochs_and_warns_once():
         monitor.on_epoch_end(12, {"loss": -0.5})
 
 
-@pytest.mark.multibackend
 @pytest.mark.parametrize(
     "kwargs, match",
     [

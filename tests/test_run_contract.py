@@ -19,7 +19,7 @@ from PIL import Image
 
 from simsiam_keras import checkpoint, workdir_lock
 from simsiam_keras.history import EpochHistory
-from tests.helpers import ROOT, last_json, run_command, user_environ
+from tests.helpers import ROOT, SignalOnLine, last_json, run_command, user_environ
 
 SCRIPT = os.path.join(ROOT, "scripts", "pretrain.py")
 # Three epochs of 6 steps on the digits, kNN on epochs 1, 2 and 3 (every 2, plus the first and
@@ -54,32 +54,11 @@ def _weights(path):
         return [f[k] for k in sorted(f.files)]
 
 
-class _SignalOnLine(io.StringIO):
-    """A stdout that sends this process SIGINT once `ready(line)` holds for a line written to it.
-
-    Ctrl-C as the user presses it, at a moment the output names: the signal arrives while the
-    command runs in this process (`run_command`), through the handlers the command installed.
-    """
-
-    def __init__(self, ready):
-        super().__init__()
-        self.ready, self.sent, self.partial = ready, False, ""
-
-    def write(self, text):
-        written = super().write(text)
-        *lines, self.partial = (self.partial + text).split("\n")
-        for line in lines:
-            if not self.sent and self.ready(line):
-                self.sent = True
-                os.kill(os.getpid(), signal.SIGINT)
-        return written
-
-
 def _signal_when(args, ready):
     """`pretrain.py args` in this process, interrupted once `ready(line)` holds for a line of
     its output, or (with `ready(None)` not None) once `ready(None)` holds, polled from a thread;
     returns (returncode, stdout, stderr)."""
-    stream = _SignalOnLine(ready)
+    stream = SignalOnLine(ready)
     polled = ready(None) is not None
     done = threading.Event()
 
@@ -491,7 +470,6 @@ def test_every_keras_file_loads_after_import_simsiam_keras_in_a_new_process(
 
 
 def test_the_epoch_line_rate_is_that_of_the_training_steps(monkeypatch):
-    import io
 
     from simsiam_keras import monitors, report
 
