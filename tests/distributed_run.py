@@ -34,14 +34,14 @@ if MODE == "worker":  # before any TF op: collectives are configured at startup
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from simsiam_keras import data, monitors, sources  # noqa: E402
+from simsiam_keras import config, data, monitors, sources  # noqa: E402
 from simsiam_keras.apps import pretrain  # noqa: E402
 
 STEPS = 3
 
 
 def _config():
-    return pretrain.PretrainConfig(
+    return config.PretrainConfig(
         workdir="unused",
         backbone="resnet18_cifar",
         width=0.125,

@@ -4,11 +4,12 @@ import keras
 import numpy as np
 import pytest
 
+from simsiam_keras import config
 from simsiam_keras.apps import pretrain
 
 
 def _config(precision):
-    return pretrain.PretrainConfig(
+    return config.PretrainConfig(
         workdir="unused",
         backbone="resnet18_cifar",
         width=0.125,

@@ -343,8 +343,9 @@ def _pretrain(tmp_path, log, **settings):
         "progress_every_s": 1e9,
         **settings,
     }
-    config = pretrain.PretrainConfig(**settings)
-    return pretrain.run(config, log=log.append)
+    from simsiam_keras.config import PretrainConfig
+
+    return pretrain.run(PretrainConfig(**settings), log=log.append)
 
 
 def test_a_folder_without_val_dir_holds_out_its_own_images(tmp_path):
