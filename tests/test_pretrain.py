@@ -77,6 +77,7 @@ def test_views_augmented_on_the_device(tmp_path):
         (["--backbone=vgg"], "flag --backbone=vgg: value should be one of"),
         (["--train_dir=/no/such/dir"], "image folder not found"),
         (["--dataset=no_such_tfds_name"], "Unknown TFDS dataset"),
+        (["--dataset=imagenet2012"], "A first run offline: --flagfile configs/quickstart.cfg"),
         (["--strategy=everything"], "strategy"),
         (["--strategy=multi_worker"], "which is not set"),  # no TF_CONFIG
         (["--augment_on=device", "--augment_impl=kerascv"], "--augment_impl=kerascv runs on"),

@@ -248,7 +248,13 @@ def _data(c, log, resuming):
     """
     from simsiam_keras import sources  # TensorFlow (tf.data) from here on
 
-    source = sources.load_source(c.dataset, "train", c.data_dir, c.train_dir, c.image_size)
+    try:
+        source = sources.load_source(c.dataset, "train", c.data_dir, c.train_dir, c.image_size)
+    except ValueError as e:
+        if c.train_dir or c.dataset != PretrainConfig.dataset:
+            raise
+        # The paper's ImageNet, the default, not prepared: most likely a first try.
+        raise ValueError(f"{e} A first run offline: --flagfile configs/quickstart.cfg.") from None
     held, holdout = None, None
     if c.train_dir:
         source, held, holdout = _hold_out(c, source, log, resuming)
