@@ -133,22 +133,8 @@ def two_view_dataset(
     Returns:
         A `tf.data.Dataset`.
     """
-    return _two_view_dataset(
-        source,
-        batch_size,
-        image_size,
-        blur,
-        seed,
-        shuffle,
-        deterministic,
-        input_context,
-        repeat,
-        augment_on,
-        start_batch,
-        augment_impl,
-        fused=False,
-        compiled=True,
-    )
+    # Every argument by name, plus the two choices `two_view_dataset_variant` exposes.
+    return _two_view_dataset(**locals(), fused=False, compiled=True)
 
 
 def two_view_dataset_variant(*args, fused=False, compiled=True, **kwargs):
@@ -170,7 +156,7 @@ def two_view_dataset_variant(*args, fused=False, compiled=True, **kwargs):
     """
     settings = inspect.signature(two_view_dataset).bind(*args, **kwargs)
     settings.apply_defaults()
-    return _two_view_dataset(*settings.args, fused=fused, compiled=compiled)
+    return _two_view_dataset(**settings.arguments, fused=fused, compiled=compiled)
 
 
 def _two_view_dataset(

@@ -107,6 +107,34 @@ class SignalOnLine(io.StringIO):
         return written
 
 
+_KILLED_MID_WRITE = """
+import os, signal, sys
+import numpy as np
+savez = np.savez
+def savez_or_die(path, *args, **kwargs):
+    if ".tmp-ckpt-{step}-" in str(path) and str(path).endswith("optimizer.npz"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return savez(path, *args, **kwargs)
+np.savez = savez_or_die
+from simsiam_keras import commands
+sys.argv = sys.argv[1:]
+commands.{command}()
+"""
+
+
+def run_killed_mid_checkpoint(name, step, *args):
+    """`scripts/<name>.py args` in a process that SIGKILLs itself inside checkpoint `step`'s save.
+
+    The weights are on disk, the optimizer state not yet: the same moment every time, where a
+    kill from outside lands wherever the race puts it. Returns the `CompletedProcess`.
+    """
+    code = _KILLED_MID_WRITE.format(step=step, command=COMMANDS[name])
+    cmd = [sys.executable, "-c", code, os.path.join(ROOT, "scripts", f"{name}.py"), *map(str, args)]
+    return subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=user_environ()
+    )
+
+
 def last_json(result):
     """The JSON object a script printed last; fails with its stderr when it did not succeed."""
     assert result.returncode == 0, result.stderr[-4000:]

@@ -16,6 +16,7 @@ from simsiam_keras import checkpoint, cli
 from tests.helpers import (
     COMMANDS,
     ROOT,
+    SMALL_PRETRAIN,
     SignalOnLine,
     last_json,
     run_command,
@@ -23,18 +24,7 @@ from tests.helpers import (
     user_environ,
 )
 
-SMALL = [
-    "--dataset=digits",
-    "--backbone=resnet18_cifar",
-    "--width=0.125",
-    "--image_size=16",
-    "--dim=64",
-    "--pred_dim=16",
-    "--batch_size=32",
-    "--knn_every=0",
-    "--compare_random_init=false",
-    "--export=false",
-]
+SMALL = [*SMALL_PRETRAIN, "--batch_size=32", "--export=false"]  # later flags win
 # What stderr must not hold on a plain run (each was seen there before).
 NOISE = [
     r"I0000 ",

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import simsiam_keras as sk
-from tests.helpers import ROOT, last_json, run_command, user_environ
+from tests.helpers import ROOT, last_json, run_command, run_killed_mid_checkpoint, user_environ
 
 SCRIPT = os.path.join(ROOT, "scripts", "linear_eval.py")
 # 2 epochs of 3 steps at batch 64, a checkpoint every step, deterministic data and kernels.
@@ -131,41 +131,14 @@ def test_mixed_precision_runs_the_backbone_in_bfloat16(pretrained, tmp_path):
         assert 0 < np.abs(a - b).max() < 0.1 * scale
 
 
-# `scripts/linear_eval.py` in a process that SIGKILLs itself while it writes the checkpoint of
-# step 3 (the linear layer on disk, the optimizer state not yet): the same moment every time.
-_KILLED_MID_WRITE = """
-import os, signal, sys
-import numpy as np
-savez = np.savez
-def savez_or_die(path, *args, **kwargs):
-    if ".tmp-ckpt-3-" in str(path) and str(path).endswith("optimizer.npz"):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return savez(path, *args, **kwargs)
-np.savez = savez_or_die
-from simsiam_keras import commands
-sys.argv = sys.argv[1:]
-commands.linear_eval()
-"""
-
-
-@pytest.mark.long
 def test_sigkill_then_rerun_gives_the_uninterrupted_classifier(pretrained, tmp_path):
     straight = tmp_path / "straight"
     expected = last_json(_run(pretrained, straight))
     final = _classifier(straight)
     work = tmp_path / "killed"
     latest = os.path.join(work, "linear_eval", "run-*", "checkpoints", "latest")
-    cmd = [
-        sys.executable,
-        "-c",
-        _KILLED_MID_WRITE,
-        SCRIPT,
-        f"--pretrained={pretrained}",
-        f"--workdir={work}",
-        *COMMON,
-    ]
-    killed = subprocess.run(
-        cmd, cwd=ROOT, env=user_environ(), capture_output=True, text=True, timeout=600
+    killed = run_killed_mid_checkpoint(
+        "linear_eval", 3, f"--pretrained={pretrained}", f"--workdir={work}", *COMMON
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not os.path.exists(os.path.join(work, "linear_eval.json"))

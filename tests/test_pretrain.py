@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from simsiam_keras import checkpoint
-from tests.helpers import ROOT, SMALL_PRETRAIN, last_json, run_command, run_script, user_environ
+from tests.helpers import (
+    ROOT,
+    SMALL_PRETRAIN,
+    last_json,
+    run_command,
+    run_killed_mid_checkpoint,
+    run_script,
+)
 
 SCRIPT = os.path.join(ROOT, "scripts", "pretrain.py")
 SMALL = SMALL_PRETRAIN
@@ -188,24 +195,6 @@ def _weights(path):
         return [f[k] for k in sorted(f.files)]
 
 
-# `scripts/pretrain.py` in a process that SIGKILLs itself while the checkpoint of step 5 is
-# being written (its weights on disk, its optimizer state not yet): the same moment every time,
-# where a kill from outside lands wherever the race puts it.
-_KILLED_MID_WRITE = """
-import os, signal, sys
-import numpy as np
-savez = np.savez
-def savez_or_die(path, *args, **kwargs):
-    if ".tmp-ckpt-5-" in str(path) and str(path).endswith("optimizer.npz"):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return savez(path, *args, **kwargs)
-np.savez = savez_or_die
-from simsiam_keras import commands
-sys.argv = sys.argv[1:]
-commands.pretrain()
-"""
-
-
 def test_a_kill_mid_checkpoint_keeps_the_last_one_and_the_rerun_matches(tmp_path):
     common = [
         *SMALL,
@@ -221,10 +210,7 @@ def test_a_kill_mid_checkpoint_keeps_the_last_one_and_the_rerun_matches(tmp_path
     final = _weights(straight / "checkpoints" / "ckpt-8")
 
     work = tmp_path / "killed"
-    cmd = [sys.executable, "-c", _KILLED_MID_WRITE, SCRIPT, *common, f"--workdir={work}"]
-    killed = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=user_environ()
-    )
+    killed = run_killed_mid_checkpoint("pretrain", 5, *common, f"--workdir={work}")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     directory = work / "checkpoints"
     assert [n for n in os.listdir(directory) if n.startswith(".tmp-ckpt-5-")]  # the cut write

@@ -19,25 +19,26 @@ from PIL import Image
 
 from simsiam_keras import checkpoint, workdir_lock
 from simsiam_keras.history import EpochHistory
-from tests.helpers import ROOT, SignalOnLine, last_json, run_command, user_environ
+from tests.helpers import (
+    ROOT,
+    SMALL_PRETRAIN,
+    SignalOnLine,
+    last_json,
+    run_command,
+    user_environ,
+)
 
 SCRIPT = os.path.join(ROOT, "scripts", "pretrain.py")
 # Three epochs of 6 steps on the digits, kNN on epochs 1, 2 and 3 (every 2, plus the first and
 # the last), deterministic so that an interrupted run can be compared with an uninterrupted one.
 RUN = [
-    "--dataset=digits",
-    "--backbone=resnet18_cifar",
-    "--width=0.125",
-    "--image_size=16",
-    "--dim=64",
-    "--pred_dim=16",
+    *SMALL_PRETRAIN,  # later flags win
     "--batch_size=32",
     "--epochs=3",
     "--steps_per_epoch=6",
     "--knn_every=2",
     "--knn_k=20",
     "--checkpoint_every=4",
-    "--compare_random_init=false",
     "--deterministic",
     "--progress_every_s=0",
     "--seed=1",
