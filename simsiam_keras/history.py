@@ -26,7 +26,7 @@ import numpy as np
 
 FILE = "history.csv"
 # The usual columns first, in this order; any other number follows in alphabetical order.
-ORDER = ("loss", "z_std", "lr", "probe_z_std", "knn_top1", "knn_top5")
+ORDER = ("loss", "z_std", "lr", "probe_z_std", "feature_rank", "z_rank", "knn_top1", "knn_top5")
 # The numbers the kNN monitor adds on some epochs only (what made CSVLogger rows misalign).
 _SOMETIMES = ("knn_top1", "knn_top5")
 

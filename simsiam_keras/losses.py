@@ -78,3 +78,24 @@ def output_std(z):
         A float32 scalar.
     """
     return ops.mean(ops.std(l2_normalize(z), axis=0))
+
+
+def effective_rank(x):
+    """The effective rank of a batch of embeddings: exp of the entropy of its singular values.
+
+    RankMe (Garrido et al., 2023; Roy & Vetterli, 2007): with sigma the singular values of `x`
+    and p = sigma / sum(sigma) + 1e-7, the rank is exp(-sum p log p). It is k for k orthogonal
+    directions of equal weight, 1 when every embedding lies on one line, and at most
+    min(batch, dim). Li et al. (2022) show SimSiam's *partial* dimensional collapse (a small
+    model on a large dataset) in this spectrum while z_std still looks healthy: the signal
+    falls with a few directions carrying the variance, not only with one vector for all.
+
+    Args:
+        x: embeddings, shape `[batch, dim]` (no centring or normalisation, as RankMe).
+
+    Returns:
+        A float32 scalar in [1, min(batch, dim)].
+    """
+    sigma = ops.svd(ops.cast(x, "float32"), compute_uv=False)
+    p = sigma / ops.maximum(ops.sum(sigma), _EPSILON) + 1e-7
+    return ops.exp(-ops.sum(p * ops.log(p)))

@@ -147,10 +147,15 @@ class CollapseMonitor(EpochSteps):
     One warning per monitor instance, across `fit` calls. An epoch cut short (an interrupt, a
     NaN loss) is not counted.
 
-    With `probe_images` it also logs `logs["probe_z_std"]`: the same statistic of a fixed
-    probe batch in inference mode. That one is only reported, not used to decide: the final
-    BN's moving statistics re-scale whatever variation is left, and it was measured to swing
-    with the CPU's kernels (oneDNN on or off) where the training-time value did not.
+    With `probe_images` it also logs, from a fixed probe batch in inference mode,
+    `logs["probe_z_std"]` (the same statistic), and the effective rank
+    (`losses.effective_rank`, RankMe) of the backbone features, `logs["feature_rank"]`, and of
+    z, `logs["z_rank"]`: the spectrum shows *partial* dimensional collapse (a few directions
+    carry the variance; Li et al., 2022), which z_std misses. `probe_z_std` is only reported,
+    not used to decide: the final BN's moving statistics re-scale whatever variation is left,
+    and it was measured to swing with the CPU's kernels (oneDNN on or off) where the
+    training-time value did not. With `min_rank`, a second warning (once) reports the feature
+    rank staying below it for `patience` epochs.
 
     Why `threshold=0.6` and `patience=3`, in units of 1/sqrt(dim), measured on the digits run
     of `tests/test_collapse.py` (ResNet-18 width 0.25, 16 px, dim 128, 16 epochs of 8 steps),
@@ -161,17 +166,22 @@ class CollapseMonitor(EpochSteps):
     and 0.99 from epoch to epoch, and depended on the kernel path.
 
     Args:
-        probe_images: optional fixed batch of preprocessed views `[N, H, W, 3]` whose
-            inference-mode z std is logged as `probe_z_std` (a few hundred images).
+        probe_images: optional fixed batch of preprocessed images `[N, H, W, 3]` whose
+            inference-mode z std and feature / z ranks are logged (a few hundred images; the
+            ranks are at most N).
         threshold: warn below `threshold / sqrt(dim)`.
         patience: consecutive epochs below the threshold before warning.
         batch_size: probe images per forward pass.
+        min_rank: optional; warn once when the probe's feature rank stays below this for
+            `patience` epochs (needs `probe_images`).
 
     Attributes:
         collapsed: True once the warning has been emitted.
         collapse_epoch: the epoch (counted from 1) of the warning, else None.
         history: list of `(epoch, z_std)`, epochs counted from 1.
         probe_history: list of `(epoch, probe_z_std)` when there is a probe.
+        rank_history: list of `(epoch, feature_rank, z_rank)` when there is a probe.
+        rank_collapsed: True once the rank warning has been emitted.
 
     Example:
         >>> monitor = CollapseMonitor()
@@ -180,7 +190,7 @@ class CollapseMonitor(EpochSteps):
         False
     """
 
-    def __init__(self, probe_images=None, threshold=0.6, patience=3, batch_size=256):
+    def __init__(self, probe_images=None, threshold=0.6, patience=3, batch_size=256, min_rank=None):
         super().__init__()
         if probe_images is not None:
             probe_images = np.asarray(keras.ops.convert_to_numpy(probe_images))
@@ -193,6 +203,11 @@ class CollapseMonitor(EpochSteps):
             raise ValueError(f"`threshold` must be positive. Received: threshold={threshold!r}")
         if not isinstance(patience, int) or isinstance(patience, bool) or patience <= 0:
             raise ValueError(f"`patience` must be a positive int. Received: patience={patience!r}")
+        if min_rank is not None and (probe_images is None or not min_rank >= 1):
+            raise ValueError(
+                "`min_rank` needs `probe_images` and must be at least 1. Received: "
+                f"min_rank={min_rank!r}, probe_images given: {probe_images is not None}"
+            )
         self.probe_images = probe_images
         self.threshold = threshold
         self.patience = patience
@@ -201,10 +216,14 @@ class CollapseMonitor(EpochSteps):
         self.collapse_epoch = None
         self.history = []
         self.probe_history = []
+        self.min_rank = min_rank
+        self.rank_collapsed = False
+        self.rank_history = []
         self._epochs_below = 0
+        self._epochs_low_rank = 0
 
-    def probe_z_std(self):
-        """`(output_std(z), dim)` of the probe batch, in inference mode."""
+    def probe_embeddings(self):
+        """`(features, z)` of the probe batch in inference mode, as NumPy arrays."""
         backbone = _backbone_of(self.model, "CollapseMonitor")
         projector = getattr(self.model, "projector", None)
         if not isinstance(projector, keras.Model):
@@ -212,13 +231,13 @@ class CollapseMonitor(EpochSteps):
                 "CollapseMonitor needs a model with a `projector` (a keras.Model), such as "
                 f"`SimSiam`. Received: {type(self.model).__name__}"
             )
-        z = []
+        features, z = [], []
         features_of, z_of = distribute.local_predict(backbone), distribute.local_predict(projector)
         for start in range(0, len(self.probe_images), self.batch_size):
-            features = features_of(self.probe_images[start : start + self.batch_size])
-            z.append(np.asarray(keras.ops.convert_to_numpy(z_of(features))))
-        z = np.concatenate(z)
-        return float(keras.ops.convert_to_numpy(losses.output_std(z))), z.shape[-1]
+            f = features_of(self.probe_images[start : start + self.batch_size])
+            features.append(np.asarray(keras.ops.convert_to_numpy(f)))
+            z.append(np.asarray(keras.ops.convert_to_numpy(z_of(f))))
+        return np.concatenate(features), np.concatenate(z)
 
     def z_std_of(self, logs):
         """`(z_std, dim)`: the epoch's training-time z std from `logs` and the output dim."""
@@ -237,9 +256,15 @@ class CollapseMonitor(EpochSteps):
             return
         std, dim = self.z_std_of(logs)
         if self.probe_images is not None:
-            probe_std, _ = self.probe_z_std()
-            logs["probe_z_std"] = probe_std
+            features, z = self.probe_embeddings()
+            probe_std = float(keras.ops.convert_to_numpy(losses.output_std(z)))
+            ranks = [
+                float(keras.ops.convert_to_numpy(losses.effective_rank(x))) for x in (features, z)
+            ]
+            logs["probe_z_std"], logs["feature_rank"], logs["z_rank"] = probe_std, *ranks
             self.probe_history.append((epoch + 1, probe_std))
+            self.rank_history.append((epoch + 1, *ranks))
+            self._check_rank(epoch, ranks[0], features.shape[-1])
         self.history.append((epoch + 1, std))
         healthy = 1.0 / math.sqrt(dim)
         self._epochs_below = self._epochs_below + 1 if std < self.threshold * healthy else 0
@@ -262,6 +287,26 @@ class CollapseMonitor(EpochSteps):
             "augmentation settings of the run config.",
             CollapseWarning,
             stacklevel=1,  # point at this monitor: the caller is Keras's callback loop
+        )
+
+    def _check_rank(self, epoch, rank, channels):
+        if self.min_rank is None:
+            return
+        self._epochs_low_rank = self._epochs_low_rank + 1 if rank < self.min_rank else 0
+        if self._epochs_low_rank < self.patience or self.rank_collapsed:
+            return
+        self.rank_collapsed = True
+        warnings.warn(
+            f"SimSiam features show dimensional collapse: at epoch {epoch + 1} the effective "
+            f"rank of the probe's backbone features is {rank:.1f} of {channels} channels and "
+            f"{len(self.probe_images)} images, below min_rank={self.min_rank} for "
+            f"{self._epochs_low_rank} epochs (Li et al., 2022: partial collapse, a model small "
+            "for its data). A few directions carry the features; kNN and linear accuracy "
+            "follow the rank down. Likely causes: a backbone too narrow for the dataset "
+            "(--width), too high a learning rate or weight decay, or the predictor's and "
+            "projector's BN settings. Look at `feature_rank`, `z_rank` and `knn_top1`.",
+            CollapseWarning,
+            stacklevel=1,
         )
 
 

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-PLOTTED = ("loss", "z_std", "probe_z_std", "knn_top1", "val_top1", "top1")
+PLOTTED = ("loss", "z_std", "feature_rank", "z_rank", "knn_top1", "val_top1", "top1")
 
 
 def write_json(path, results):

@@ -59,3 +59,38 @@ def test_output_std_is_inverse_sqrt_dim_when_spread_and_zero_when_collapsed():
     assert float(to_numpy(losses.output_std(collapsed))) < 1e-6
     ref = (z / np.linalg.norm(z, axis=1, keepdims=True)).std(axis=0).mean()
     np.testing.assert_allclose(float(to_numpy(losses.output_std(z))), ref, rtol=1e-5)
+
+
+def _numpy_effective_rank(x):
+    """RankMe's definition in float64: exp(entropy(sigma / sum(sigma) + 1e-7))."""
+    sigma = np.linalg.svd(np.asarray(x, np.float64), compute_uv=False)
+    p = sigma / sigma.sum() + 1e-7
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+@pytest.mark.parametrize("rank", [1, 3, 16, 64])
+def test_effective_rank_is_k_for_k_equal_orthogonal_directions(rank):
+    rng = np.random.default_rng(rank)
+    basis, _ = np.linalg.qr(rng.normal(size=(128, rank)))  # 128-dim, `rank` orthonormal columns
+    rows, _ = np.linalg.qr(rng.normal(size=(256, rank)))
+    x = (rows @ basis.T * 5.0).astype("float32")  # 256 x 128, singular values all 5
+    got = float(to_numpy(losses.effective_rank(x)))
+    assert got == pytest.approx(rank, rel=1e-3)
+    assert got == pytest.approx(_numpy_effective_rank(x), rel=1e-4)
+
+
+def test_effective_rank_matches_numpy_on_a_decaying_spectrum_and_sees_partial_collapse():
+    rng = np.random.default_rng(0)
+    u, _ = np.linalg.qr(rng.normal(size=(512, 128)))
+    v, _ = np.linalg.qr(rng.normal(size=(128, 128)))
+    ranks = []
+    for decay in (0.0, 0.02, 0.1, 0.5):  # singular values exp(-decay * i): flat to a few directions
+        x = (u * np.exp(-decay * np.arange(128)) @ v.T).astype("float32")
+        ranks.append(float(to_numpy(losses.effective_rank(x))))
+        assert ranks[-1] == pytest.approx(_numpy_effective_rank(x), rel=1e-4)
+    assert ranks[0] == pytest.approx(128, rel=1e-3) and ranks[-1] < 6  # 6 of 128: partial collapse
+    assert ranks == sorted(ranks, reverse=True)
+    full = float(to_numpy(losses.effective_rank(rng.normal(size=(512, 128)).astype("float32"))))
+    assert 110 < full <= 128  # isotropic Gaussian: nearly full rank
+    collapsed = np.tile(rng.normal(size=(1, 128)), (64, 1)).astype("float32")
+    assert float(to_numpy(losses.effective_rank(collapsed))) == pytest.approx(1.0, abs=1e-3)

@@ -111,6 +111,7 @@ def test_collapse_monitor_warns_once_on_a_collapsed_model():
     bn.trainable = False
     monitor, history, caught = _fit_with_collapse_monitor(model, epochs=6)
     assert history["probe_z_std"] == pytest.approx([0.0] * 6, abs=1e-6)
+    assert history["z_rank"] == pytest.approx([1.0] * 6, abs=1e-3)  # one vector for all
     assert [std for _, std in monitor.history] == pytest.approx([0.0] * 6, abs=1e-6)
     assert len(caught) == 1  # patience 3: at epoch 3, and not again at epochs 4-6
     assert monitor.collapsed and monitor.collapse_epoch == 3
@@ -129,6 +130,33 @@ def test_collapse_monitor_is_silent_on_a_healthy_model():
     assert 0.8 * healthy < monitor.history[-1][1] < 1.1 * healthy  # the training-time value
     assert caught == [] and not monitor.collapsed and monitor.collapse_epoch is None
     assert [epoch for epoch, _ in monitor.history] == [1, 2, 3, 4, 5]
+    # The ranks logged are those of the probe's embeddings, as `losses.effective_rank` gives.
+    features = np.asarray(monitor.model.backbone(_images(64, 7)))
+    z = np.asarray(monitor.model.projector(features))
+    assert history["feature_rank"][-1] == pytest.approx(_rank(features), rel=1e-3)
+    assert history["z_rank"][-1] == pytest.approx(_rank(z), rel=1e-3)
+    assert 1 < history["feature_rank"][-1] <= 64 and 1 < history["z_rank"][-1] <= 64
+
+
+def _rank(x):
+    sigma = np.linalg.svd(np.asarray(x, np.float64), compute_uv=False)
+    p = sigma / sigma.sum() + 1e-7
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def test_collapse_monitor_warns_on_a_low_feature_rank_with_min_rank():
+    model = _tiny_simsiam()
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    monitor = monitors.CollapseMonitor(_images(64, 7), patience=2, min_rank=1e6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(_views(), batch_size=8, epochs=3, verbose=0, callbacks=[monitor])
+    caught = [w for w in caught if issubclass(w.category, monitors.CollapseWarning)]
+    assert len(caught) == 1 and "dimensional collapse" in str(caught[0].message)
+    assert monitor.rank_collapsed and not monitor.collapsed
+    assert [epoch for epoch, *_ in monitor.rank_history] == [1, 2, 3]
+    with pytest.raises(ValueError, match="min_rank"):
+        monitors.CollapseMonitor(min_rank=10)
 
 
 def test_collapse_monitor_needs_patience_consecutive_epochs_and_warns_once():

@@ -291,6 +291,7 @@ def _data(c, log, resuming):
 
 
 HOLDOUT_FILE = "knn_holdout.txt"
+PROBE_IMAGES = 512  # the collapse monitor's fixed probe: z std and effective ranks
 
 
 def _hold_out(c, source, log, resuming):
@@ -447,8 +448,12 @@ def _callbacks(c, model, strategy, source, knn_data, steps, start_step, history)
             epochs=c.epochs,
         )
         callbacks.append(knn_monitor)
-    probe = next(iter(data.labeled_dataset(source, 256, c.image_size, require_labels=False)))[0]
-    collapse = monitors.CollapseMonitor(np.asarray(probe))
+    # A fixed sample of the training images (a folder is listed class by class: a permutation;
+    # TFDS shuffled its files when it prepared them). 512 images: the ranks are at most that.
+    probe = data.labeled_dataset(
+        source, PROBE_IMAGES, c.image_size, shuffle=source.items is not None, require_labels=False
+    )
+    collapse = monitors.CollapseMonitor(np.asarray(next(iter(probe))[0]))
     callbacks.append(collapse)
     callbacks.append(HistoryLogger(history, write=chief))
     if chief:
