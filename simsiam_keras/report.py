@@ -32,8 +32,8 @@ def write_text(path, text):
 def plot_history(history, path, title="SimSiam"):
     """A PNG with one panel per logged curve of `history` (a `History.history` dict).
 
-    Plots those of loss, z_std, probe_z_std, knn_top1, top1 and val_top1 that are present;
-    epochs without a value (kNN every N epochs) are skipped, not drawn as zero.
+    Plots those of loss, z_std, feature_rank, z_rank, knn_top1, top1 and val_top1 that are
+    present; epochs without a value (kNN every N epochs) are skipped, not drawn as zero.
 
     Returns:
         `path`, or None when there is nothing to plot.

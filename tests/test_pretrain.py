@@ -44,7 +44,8 @@ def test_smoke_run_writes_everything(tmp_path):
         for event in tf.compat.v1.train.summary_iterator(str(events)):
             for value in event.summary.value:
                 tags.setdefault(value.tag, []).append(event.step)
-    for name in ("loss", "z_std", "learning_rate", "knn_top1", "probe_z_std"):
+    epoch_tags = ("loss", "z_std", "learning_rate", "knn_top1", "probe_z_std")
+    for name in (*epoch_tags, "feature_rank", "z_rank"):
         assert tags.get(f"epoch_{name}") == [0, 1], (name, tags)
     assert "epoch_lr" not in tags  # the same curve as Keras's epoch_learning_rate
     for name in ("loss", "z_std", "lr"):
