@@ -1,15 +1,16 @@
 """A few SimSiam steps in one of several distributed set-ups, for tests/test_distributed.py.
 
-Each mode runs in its own process (docs/keras_notes.md, trap 3):
-    python tests/distributed_run.py MODE INIT.npz OUT.npz
-MODE:
-    single    arrays, one device
-    mirrored  arrays, MirroredStrategy on 2 logical CPU devices (SyncBN)
-    pipeline  the real input pipeline (`pretrain.train_dataset`) on the embedded digits, one
-              process, with the kNN and collapse monitors
-    worker    the same under MultiWorkerMirroredStrategy from TF_CONFIG: each worker reads its
-              own shard of the digits through `distribute_datasets_from_function`
-Writes INIT.npz (initial weights) when it does not exist, else starts from it.
+    python tests/distributed_run.py local INIT.npz OUT_DIR
+        three runs in one process, each to OUT_DIR/<run>.npz:
+        single    arrays, one device
+        mirrored  arrays, MirroredStrategy on 2 logical CPU devices (SyncBN)
+        pipeline  the real input pipeline (`pretrain.train_dataset`) on the embedded digits,
+                  one device, with the kNN and collapse monitors
+    python tests/distributed_run.py worker INIT.npz OUT.npz
+        the pipeline run under MultiWorkerMirroredStrategy from TF_CONFIG: each worker reads
+        its own shard of the digits through `distribute_datasets_from_function`
+One MirroredStrategy per process (docs/keras_notes.md, trap 3): the other runs of `local` use
+no strategy. Writes INIT.npz (initial weights) when it does not exist, else starts from it.
 """
 
 import os
@@ -21,15 +22,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow as tf  # noqa: E402
 
 MODE = sys.argv[1]
-STRATEGY = None
-if MODE == "mirrored":
+if MODE == "local":
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    STRATEGY = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    MIRRORED = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 if MODE == "worker":  # before any TF op: collectives are configured at startup
     from simsiam_keras import distribute  # noqa: E402
 
-    STRATEGY, _ = distribute.make_strategy("multi_worker")
+    WORKER, _ = distribute.make_strategy("multi_worker")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -56,10 +56,10 @@ def _config():
     )
 
 
-def _build(config):
-    if STRATEGY is None:
+def _build(config, strategy):
+    if strategy is None:
         return pretrain.build_model(config, steps_per_epoch=STEPS)
-    with STRATEGY.scope():
+    with strategy.scope():
         return pretrain.build_model(config, steps_per_epoch=STEPS, distributed=True)
 
 
@@ -71,44 +71,45 @@ def _init(model, init_path):
         np.savez(init_path, **{f"{i:05d}": w for i, w in enumerate(model.get_weights())})
 
 
-def _upstream_bugs():
+def _upstream_bugs(strategy):
     """1 for each upstream bug of `simsiam_keras.workarounds` that still happens here, else 0."""
     found = {}
-    scalar = STRATEGY.run(lambda: tf.constant(1.0))
+    scalar = strategy.run(lambda: tf.constant(1.0))
     batch = next(
         iter(
-            STRATEGY.experimental_distribute_dataset(
+            strategy.experimental_distribute_dataset(
                 tf.data.Dataset.from_tensor_slices(((tf.ones([8, 4]), tf.ones([8, 4])),)).batch(4)
             )
         )
     )
     for name, value, axis in (("tf_72388", scalar, 0), ("keras_20585", batch, None)):
         try:
-            STRATEGY.reduce("MEAN", value, axis=axis)
+            strategy.reduce("MEAN", value, axis=axis)
             found[name] = np.array(0)
         except ValueError:
             found[name] = np.array(1)
     return found
 
 
-def main(init_path, out_path):
+def run(run_name, strategy, init_path, out_path):
+    """One run: `run_name` is "single", "mirrored" (arrays) or "pipeline" (the digits)."""
     keras.utils.set_random_seed(0)
     config = _config()
     callbacks, extra = [], {}
-    if MODE in ("single", "mirrored"):
+    if run_name in ("single", "mirrored"):
         rng = np.random.default_rng(0)
         x1, x2 = (rng.normal(size=(48, 16, 16, 3)).astype("float32") for _ in range(2))
         dataset = tf.data.Dataset.from_tensor_slices(((x1, x2),)).batch(16)
     else:
         source = sources.embedded_digits("train", config.image_size)
-        dataset = pretrain.train_dataset(source, config, STRATEGY, shuffle=False)
+        dataset = pretrain.train_dataset(source, config, strategy, shuffle=False)
         val = sources.embedded_digits("validation", config.image_size)
         knn_data = [data.labeled_dataset(s, 256, config.image_size) for s in (source, val)]
         knn_monitor = monitors.KNNMonitor(*knn_data, k=20)
         probe = next(iter(knn_data[1]))[0]
         collapse = monitors.CollapseMonitor(np.asarray(probe))
         callbacks = [knn_monitor, collapse]
-    model = _build(config)
+    model = _build(config, strategy)
     _init(model, init_path)
     history = model.fit(dataset, epochs=1, steps_per_epoch=STEPS, callbacks=callbacks, verbose=0)
     if callbacks:
@@ -117,10 +118,15 @@ def main(init_path, out_path):
             "z_std": collapse.probe_history[-1][1],
         }
     if MODE == "worker":
-        extra.update(_upstream_bugs())
+        extra.update(_upstream_bugs(strategy))
     weights = {f"{i:05d}": w for i, w in enumerate(model.get_weights())}
     np.savez(out_path, loss=np.array(history.history["loss"]), **extra, **weights)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[2:])
+    init_path, out = sys.argv[2:]
+    if MODE == "local":
+        for name, strategy in (("single", None), ("mirrored", MIRRORED), ("pipeline", None)):
+            run(name, strategy, init_path, os.path.join(out, f"{name}.npz"))
+    else:
+        run("pipeline", WORKER, init_path, out)

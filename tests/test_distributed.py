@@ -1,8 +1,9 @@
 """Distributed training equals one device at the same global batch (TF backend).
 
 MirroredStrategy on 2 logical CPU devices, and two MultiWorkerMirroredStrategy worker processes
-on localhost that each read their own shard. Every set-up runs in its own process
-(docs/keras_notes.md, trap 3) through tests/distributed_run.py.
+on localhost that each read their own shard, through tests/distributed_run.py: one process for
+the one-device and mirrored runs (one MirroredStrategy per process: docs/keras_notes.md, trap
+3), one per worker.
 """
 
 import json
@@ -28,9 +29,10 @@ def _env(**extra):
     return dict(os.environ, KERAS_BACKEND="tensorflow", **extra)
 
 
-def _run(mode, init, out):
+def _run_local(tmp_path, init):
+    """The single, mirrored and pipeline runs of tests/distributed_run.py, in one process."""
     result = subprocess.run(
-        _command(mode, init, out),
+        _command("local", init, tmp_path),
         capture_output=True,
         text=True,
         timeout=900,
@@ -38,7 +40,7 @@ def _run(mode, init, out):
         env=_env(),
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    return np.load(out)
+    return [np.load(tmp_path / f"{name}.npz") for name in ("single", "mirrored", "pipeline")]
 
 
 def _weight_keys(arrays):
@@ -49,20 +51,6 @@ def _weight_keys(arrays):
 
 def _max_difference(a, b):
     return max(np.abs(a[k] - b[k]).max() for k in _weight_keys(a))
-
-
-@pytest.mark.long
-def test_mirrored_two_replicas_equal_one_device(tmp_path):
-    init = tmp_path / "init.npz"
-    single = _run("single", init, tmp_path / "single.npz")
-    mirrored = _run("mirrored", init, tmp_path / "mirrored.npz")
-    # The loss is scaled by 1/replicas (docs/keras_notes.md, trap 1) and BN statistics are
-    # synchronised, so 3 steps on 2 x 8 images give the weights of 3 steps on 16.
-    np.testing.assert_allclose(mirrored["loss"], single["loss"], atol=1e-5)
-    worst = _max_difference(single, mirrored)
-    assert worst < 1e-4, worst
-    moved = _max_difference(single, np.load(init))
-    assert moved > 100 * worst, (moved, worst)  # the steps did change the weights
 
 
 def _free_ports(n):
@@ -106,9 +94,17 @@ def _start_workers(tmp_path, cluster, command):
 
 
 @pytest.mark.long
-def test_two_workers_equal_each_other_and_one_process(tmp_path):
+def test_mirrored_and_two_workers_equal_one_device(tmp_path):
     init = tmp_path / "init.npz"
-    single = _run("pipeline", init, tmp_path / "single.npz")
+    single_arrays, mirrored, single = _run_local(tmp_path, init)
+    # The loss is scaled by 1/replicas (docs/keras_notes.md, trap 1) and BN statistics are
+    # synchronised, so 3 steps on 2 x 8 images give the weights of 3 steps on 16.
+    np.testing.assert_allclose(mirrored["loss"], single_arrays["loss"], atol=1e-5)
+    worst = _max_difference(single_arrays, mirrored)
+    assert worst < 1e-4, worst
+    moved = _max_difference(single_arrays, np.load(init))
+    assert moved > 100 * worst, (moved, worst)  # the steps did change the weights
+    # Two MultiWorkerMirroredStrategy processes against the one-device pipeline run.
     cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
     _start_workers(
         tmp_path, cluster, lambda index: _command("worker", init, tmp_path / f"worker{index}.npz")
