@@ -22,9 +22,10 @@ stds, grayscale fraction, crop area and aspect quantiles), as `benchmarks/benchm
 `pipeline`: two-view pairs per second out of a DataLoader over an image folder
 (`<class>/<image>`), `--workers` processes. `train`: the CIFAR recipe (App. D: resnet18_cifar,
 2-layer projector, lr 0.03 x batch/256, weight decay 5e-4, cosine, no blur) on the first
-`--per-class` images of each class, channels scaled by `--width`, then the kNN top-1 (k=200,
-T=0.2) of the random-init and of the trained backbone on `--knn-val`; `--no-stopgrad` is the
-Fig. 2 ablation. Each prints JSON lines (`train` one per epoch, then its result).
+`--per-class` images of each class, channels scaled by `--width`: the kNN top-1 (k=200, T=0.2)
+on `--knn-val` of the random-init backbone (built and recomputed BN statistics), then per epoch
+the mean loss, z_std, the effective ranks of a 512-image probe and the kNN top-1 (every
+`--knn-every` epochs); `--no-stopgrad` is the Fig. 2 ablation. Each prints JSON lines.
 """
 
 import argparse
@@ -357,30 +358,97 @@ def knn_top1(backbone, args, k=200, temperature=0.2):
     classes = int(train_y.max()) + 1
     correct = 0
     for start in range(0, len(val_x), 1000):
-        weights, index = (val_x[start : start + 1000] @ train_x.T).topk(k, dim=1)
+        weights, index = (val_x[start : start + 1000] @ train_x.T).topk(min(k, len(train_x)), dim=1)
         votes = torch.zeros(len(weights), classes).scatter_add_(
             1, train_y[index], (weights / temperature).exp()
         )
         correct += (votes.argmax(1) == val_y[start : start + 1000]).sum().item()
-    return correct / len(val_x)
+    return 100.0 * correct / len(val_x)
+
+
+@torch.no_grad()
+def recalibrated(backbone, args, batches=20, batch=256):
+    """A copy of `backbone` with BN statistics recomputed on the kNN memory ("precise BN").
+
+    The running statistics average `batches` training-mode batches of the memory in order, as
+    `simsiam_keras.knn.recalibrated_copy` does.
+    """
+    import copy as copying
+
+    copy = copying.deepcopy(backbone)
+    norms = [m for m in copy.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average of the batch statistics
+    transform = transforms.Compose(
+        [
+            transforms.Resize(args.size),
+            transforms.CenterCrop(args.size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    loader = torch.utils.data.DataLoader(
+        first_per_class(args.knn_train, args.knn_train_per_class, transform), batch_size=batch
+    )
+    copy.train()
+    for i, (images, _) in enumerate(loader):
+        if i == batches:
+            break
+        copy(images)
+    return copy
+
+
+def effective_rank(x):
+    """RankMe: exp of the entropy of the normalised singular values (`losses.effective_rank`)."""
+    sigma = torch.linalg.svdvals(x.double())
+    p = sigma / sigma.sum() + 1e-7
+    return torch.exp(-(p * p.log()).sum()).item()
+
+
+@torch.no_grad()
+def probe_ranks(model, probe):
+    """`(feature_rank, z_rank)` of the probe images in eval mode."""
+    model.eval()
+    features = model.backbone(probe)
+    return effective_rank(features), effective_rank(model.projector(features))
 
 
 def cmd_train(args):
-    """The CIFAR recipe at a CPU budget, with kNN top-1 before and after."""
+    """The CIFAR recipe at a CPU budget: per epoch loss, z_std, ranks and kNN top-1."""
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     model = SimSiam(args.arch, projector_layers=projector_layers_for(args.arch), width=args.width)
     init_knn = knn_top1(model.backbone, args)
+    init_knn_recalibrated = knn_top1(recalibrated(model.backbone, args), args)
+    print(
+        json.dumps(
+            {"knn_top1_init": init_knn, "knn_top1_init_recalibrated": init_knn_recalibrated}
+        ),
+        flush=True,
+    )
+    eval_view = transforms.Compose(
+        [
+            transforms.Resize(args.size),
+            transforms.CenterCrop(args.size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    probe_set = first_per_class(args.data, args.per_class, eval_view)
+    keep = torch.randperm(len(probe_set), generator=torch.Generator().manual_seed(0))[:512]
+    probe = torch.stack([probe_set[int(i)][0] for i in keep])
     loader = two_view_loader(
         args.data, args.per_class, args.size, args.blur, args.batch, args.workers
     )
     peak_lr = args.base_lr * args.batch / 256
     optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=0.9, weight_decay=args.wd)
-    start, steps = time.perf_counter(), 0
+    start, steps, train_s = time.perf_counter(), 0, 0.0
     for epoch in range(args.epochs):
         for group in optimizer.param_groups:  # cosine per epoch, as the official code
             group["lr"] = peak_lr * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
         model.train()
+        losses, epoch_start = [], time.perf_counter()
         for (x1, x2), _ in loader:
             p1, p2, z1, z2 = model(x1, x2)
             if args.no_stopgrad:
@@ -390,25 +458,36 @@ def cmd_train(args):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            losses.append(loss.item())
             steps += 1
+        train_s += time.perf_counter() - epoch_start
         z_std = F.normalize(z1.detach(), dim=1).std(0).mean().item()
-        print(json.dumps({"epoch": epoch, "loss": loss.item(), "z_std": z_std}), flush=True)
-    seconds = time.perf_counter() - start
+        row = {"epoch": epoch + 1, "loss": sum(losses) / len(losses), "z_std": z_std}
+        row["feature_rank"], row["z_rank"] = probe_ranks(model, probe)
+        if args.knn_every and ((epoch + 1) % args.knn_every == 0 or epoch + 1 == args.epochs):
+            row["knn_top1"] = knn_top1(model.backbone, args)
+        print(json.dumps(row), flush=True)
     print(
         json.dumps(
             {
                 "what": "torch_train",
                 "arch": args.arch,
                 "width": args.width,
+                "size": args.size,
                 "epochs": args.epochs,
                 "per_class": args.per_class,
                 "batch": args.batch,
+                "base_lr": args.base_lr,
+                "wd": args.wd,
+                "seed": args.seed,
                 "no_stopgrad": args.no_stopgrad,
                 "knn_top1_init": init_knn,
+                "knn_top1_init_recalibrated": init_knn_recalibrated,
                 "knn_top1": knn_top1(model.backbone, args),
                 "z_std": z_std,
-                "train_s": seconds,
-                "pairs_per_s": steps * args.batch / seconds,
+                "train_s": train_s,
+                "wall_s": time.perf_counter() - start,
+                "pairs_per_s": steps * args.batch / train_s,
             }
         )
     )
@@ -460,6 +539,7 @@ def main():
     train.add_argument("--blur", action="store_true", help="add the blur (CIFAR: off)")
     train.add_argument("--no-stopgrad", action="store_true")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--knn-every", type=int, default=1, help="kNN every N epochs (0: end)")
     args = parser.parse_args()
     commands = {"step": cmd_step, "pipeline": cmd_pipeline, "views": cmd_views, "train": cmd_train}
     commands[args.command](args)
