@@ -147,7 +147,12 @@ def test_every_config_parses_and_smoke_runs(tmp_path):
     configs = sorted(p for p in os.listdir(os.path.join(ROOT, "configs")) if p.endswith(".cfg"))
     assert {"in1k.cfg", "cifar10.cfg", "quickstart.cfg"} <= set(configs)
     linear = [name for name in configs if name.endswith("_linear.cfg")]
-    assert linear == ["cifar10_linear.cfg", "in1k_linear.cfg", "quickstart_linear.cfg"]
+    assert linear == [
+        "cifar10_cpu_linear.cfg",
+        "cifar10_linear.cfg",
+        "in1k_linear.cfg",
+        "quickstart_linear.cfg",
+    ]
     knn = [name for name in configs if name.endswith("_knn.cfg")]
     for name in configs:
         text = open(os.path.join(ROOT, "configs", name)).read()
