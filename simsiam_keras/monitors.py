@@ -301,10 +301,10 @@ class CollapseMonitor(EpochSteps):
             f"rank of the probe's backbone features is {rank:.1f} of {channels} channels and "
             f"{len(self.probe_images)} images, below min_rank={self.min_rank} for "
             f"{self._epochs_low_rank} epochs (Li et al., 2022: partial collapse, a model small "
-            "for its data). A few directions carry the features; kNN and linear accuracy "
-            "follow the rank down. Likely causes: a backbone too narrow for the dataset "
-            "(--width), too high a learning rate or weight decay, or the predictor's and "
-            "projector's BN settings. Look at `feature_rank`, `z_rank` and `knn_top1`.",
+            "for its data). A few directions carry the features; in RankMe's and Li et al.'s "
+            "measurements downstream accuracy falls with this rank. Likely causes: a backbone "
+            "too narrow for the dataset (--width / build_resnet(width=...)), too high a "
+            "learning rate or weight decay. Look at `feature_rank`, `z_rank` and `knn_top1`.",
             CollapseWarning,
             stacklevel=1,
         )
