@@ -442,11 +442,18 @@ def cmd_train(args):
         args.data, args.per_class, args.size, args.blur, args.batch, args.workers
     )
     peak_lr = args.base_lr * args.batch / 256
-    optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=0.9, weight_decay=args.wd)
+    predictor = list(model.predictor.parameters())
+    encoder = [p for p in model.parameters() if all(p is not q for q in predictor)]
+    groups = [  # the official main_simsiam.py's groups: `fix_lr` keeps the predictor's lr
+        {"params": encoder, "fix_lr": False},
+        {"params": predictor, "fix_lr": args.fix_pred_lr},
+    ]
+    optimizer = torch.optim.SGD(groups, lr=peak_lr, momentum=0.9, weight_decay=args.wd)
     start, steps, train_s = time.perf_counter(), 0, 0.0
     for epoch in range(args.epochs):
         for group in optimizer.param_groups:  # cosine per epoch, as the official code
-            group["lr"] = peak_lr * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
+            if not group["fix_lr"]:
+                group["lr"] = peak_lr * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
         model.train()
         losses, epoch_start = [], time.perf_counter()
         for (x1, x2), _ in loader:
@@ -481,6 +488,7 @@ def cmd_train(args):
                 "wd": args.wd,
                 "seed": args.seed,
                 "no_stopgrad": args.no_stopgrad,
+                "fix_pred_lr": args.fix_pred_lr,
                 "knn_top1_init": init_knn,
                 "knn_top1_init_recalibrated": init_knn_recalibrated,
                 "knn_top1": knn_top1(model.backbone, args),
@@ -539,6 +547,9 @@ def main():
     train.add_argument("--blur", action="store_true", help="add the blur (CIFAR: off)")
     train.add_argument("--no-stopgrad", action="store_true")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--fix-pred-lr", action="store_true", help="the predictor keeps the initial lr"
+    )
     train.add_argument("--knn-every", type=int, default=1, help="kNN every N epochs (0: end)")
     args = parser.parse_args()
     commands = {"step": cmd_step, "pipeline": cmd_pipeline, "views": cmd_views, "train": cmd_train}
