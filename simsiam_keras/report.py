@@ -29,11 +29,18 @@ def write_text(path, text):
     return path
 
 
-def plot_history(history, path, title="SimSiam"):
+def plot_history(history, path, title="SimSiam", references=None):
     """A PNG with one panel per logged curve of `history` (a `History.history` dict).
 
     Plots those of loss, z_std, feature_rank, z_rank, knn_top1, top1 and val_top1 that are
     present; epochs without a value (kNN every N epochs) are skipped, not drawn as zero.
+
+    Args:
+        history: `{name: [value or None]}`, optionally `{f"{name}_epochs": [epoch]}`.
+        path: the PNG to write.
+        title: the figure's title.
+        references: optional `{name: (value, label)}`: a dashed level in that panel, e.g. the
+            random-init encoder's kNN top-1.
 
     Returns:
         `path`, or None when there is nothing to plot.
@@ -64,6 +71,10 @@ def plot_history(history, path, title="SimSiam"):
                     ha="center",
                     fontsize=8,
                 )
+        if name in (references or {}) and references[name][0] is not None:
+            value, label = references[name]
+            ax.axhline(value, color="gray", linestyle="--", linewidth=1, label=label)
+            ax.legend(fontsize=8)
         xs = sorted({e for e, _ in points})
         if 0 < len(xs) <= 10:
             ax.set_xticks(xs)

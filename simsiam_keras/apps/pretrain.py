@@ -410,8 +410,13 @@ def _finish(c, model, history, summary, log):
                 f"Export with: python scripts/export.py --workdir {c.workdir}"
             )
     try:
+        random_init = (summary.get("random_init_knn_top1"), "random init (BN recomputed)")
         report.plot_history(
-            history.as_dict(), os.path.join(c.workdir, "history.png"), "SimSiam pretraining"
+            history.as_dict(),
+            os.path.join(c.workdir, "history.png"),
+            f"SimSiam pretraining: {c.backbone} x{c.width:g}, {c.image_size} px, batch "
+            f"{c.batch_size}, base lr {c.base_lr:g}",
+            references={"knn_top1": random_init},
         )
     except Exception as e:  # noqa: BLE001 (a plot is not worth the run)
         log(f"history.png was not written ({_reason(e)}); the numbers are in {history.path}.")
