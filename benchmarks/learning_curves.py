@@ -11,27 +11,20 @@ each run's random-init kNN top-1 (BN statistics recomputed) where the file has i
 """
 
 import argparse
-import csv
 import json
-import math
+import os
+import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-def _number(text):
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(value) else value
+from simsiam_keras import history  # noqa: E402
 
 
 def read_history(path):
     """`(rows, random_init_knn)`: rows are dicts with `epoch` counted from 1."""
-    if path.endswith(".csv"):
-        with open(path) as f:
-            rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-        for row in rows:
-            row["epoch"] += 1
-        return rows, None
+    if path.endswith(".csv"):  # the package's own reader of history.csv
+        record = history.EpochHistory.load(path).rows
+        return [{**record[e], "epoch": e + 1} for e in sorted(record)], None
     rows, init = [], None
     with open(path) as f:
         for line in f:
