@@ -23,6 +23,21 @@ SMALL_PRETRAIN = [
 ]
 
 
+def jax_environ(env=None, **overrides):
+    """`env` (default `os.environ`) for a JAX process of the tests, with `overrides`.
+
+    XLA compiles each new train step with its LLVM optimisations off
+    (`--xla_backend_optimization_level=0`): the tests run a few steps of many small programs,
+    so compiling dominates, and the optimisations change speed, not what is computed. Users'
+    runs keep XLA's default. Flags in `overrides["XLA_FLAGS"]` are added to this one.
+    """
+    env = dict(os.environ if env is None else env)
+    flags = overrides.pop("XLA_FLAGS", "")
+    env.update(overrides, KERAS_BACKEND="jax")
+    env["XLA_FLAGS"] = f"--xla_backend_optimization_level=0 {flags}".strip()
+    return env
+
+
 def user_environ(**overrides):
     """The environment a user's shell has: without the TF_CPP_MIN_LOG_LEVEL conftest sets."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}

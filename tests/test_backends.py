@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, jax_environ
 
 
 @pytest.mark.long
@@ -19,6 +19,8 @@ from tests.helpers import ROOT
 def test_multibackend_suite(backend):
     pytest.importorskip(backend)
     env = dict(os.environ, KERAS_BACKEND=backend, SIMSIAM_BLOCK_TF="1")
+    if backend == "jax":
+        env = jax_environ(env)
     cmd = [
         sys.executable,
         "-m",

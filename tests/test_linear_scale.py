@@ -18,7 +18,14 @@ import numpy as np
 import pytest
 
 import simsiam_keras as sk
-from tests.helpers import ROOT, last_json, run_command, run_killed_mid_checkpoint, user_environ
+from tests.helpers import (
+    ROOT,
+    jax_environ,
+    last_json,
+    run_command,
+    run_killed_mid_checkpoint,
+    user_environ,
+)
 
 SCRIPT = os.path.join(ROOT, "scripts", "linear_eval.py")
 # 2 epochs of 3 steps at batch 64, a checkpoint every step, deterministic data and kernels.
@@ -54,7 +61,7 @@ def _run(pretrained, workdir, *args, backend="tensorflow", devices=1):
     if backend == "tensorflow" and devices > 1:
         cmd = [sys.executable, os.path.join(ROOT, "tests", "logical_cpus.py"), str(devices), SCRIPT]
     if backend == "jax":
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        env = jax_environ(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     cmd += [f"--pretrained={pretrained}", f"--workdir={workdir}", *COMMON, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
 
@@ -88,9 +95,7 @@ for workdir, strategy in ((one, "one_device"), (two, "mirrored")):
 def test_two_replicas_give_the_one_device_classifier(pretrained, tmp_path, backend):
     pytest.importorskip(backend)
     if backend == "jax":
-        env = user_environ(
-            KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2"
-        )
+        env = jax_environ(user_environ(), XLA_FLAGS="--xla_force_host_platform_device_count=2")
         cmd = [
             sys.executable,
             "-c",
