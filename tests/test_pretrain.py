@@ -315,11 +315,9 @@ def test_every_backend_exports_and_writes_summaries(tmp_path, backend):
 
     pytest.importorskip(backend)
     work = tmp_path / backend
-    env = dict(
-        os.environ, KERAS_BACKEND=backend, XLA_FLAGS="--xla_force_host_platform_device_count=2"
-    )
+    env = dict(os.environ, KERAS_BACKEND=backend)
     if backend == "jax":
-        env = jax_environ(env, XLA_FLAGS=env["XLA_FLAGS"])
+        env = jax_environ(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     strategy = "mirrored" if backend == "jax" else "auto"
     cmd = [
         sys.executable,
