@@ -23,18 +23,20 @@ SMALL_PRETRAIN = [
 ]
 
 
-def jax_environ(env=None, **overrides):
-    """`env` (default `os.environ`) for a JAX process of the tests, with `overrides`.
+def backend_environ(backend, env=None, **overrides):
+    """`env` (default `os.environ`) for a test process: `KERAS_BACKEND=backend`, `overrides`.
 
-    XLA compiles each new train step with its LLVM optimisations off
-    (`--xla_backend_optimization_level=0`): the tests run a few steps of many small programs,
-    so compiling dominates, and the optimisations change speed, not what is computed. Users'
-    runs keep XLA's default. Flags in `overrides["XLA_FLAGS"]` are added to this one.
+    Under JAX, XLA compiles each new train step with its LLVM optimisations off
+    (`--xla_backend_optimization_level=0`, added to any `XLA_FLAGS` in `overrides`): the tests
+    run a few steps of many small programs, so compiling dominates, and the optimisations change
+    speed, not what is computed. Users' runs keep XLA's default; TensorFlow processes are left
+    alone (the host views run in a TF XLA function).
     """
     env = dict(os.environ if env is None else env)
-    flags = overrides.pop("XLA_FLAGS", "")
-    env.update(overrides, KERAS_BACKEND="jax")
-    env["XLA_FLAGS"] = f"--xla_backend_optimization_level=0 {flags}".strip()
+    env.update(overrides, KERAS_BACKEND=backend)
+    if backend == "jax":
+        flags = ["--xla_backend_optimization_level=0", overrides.get("XLA_FLAGS", "")]
+        env["XLA_FLAGS"] = " ".join(flags).strip()
     return env
 
 

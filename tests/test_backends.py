@@ -11,16 +11,14 @@ import sys
 
 import pytest
 
-from tests.helpers import ROOT, jax_environ
+from tests.helpers import ROOT, backend_environ
 
 
 @pytest.mark.long
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_multibackend_suite(backend):
     pytest.importorskip(backend)
-    env = dict(os.environ, KERAS_BACKEND=backend, SIMSIAM_BLOCK_TF="1")
-    if backend == "jax":
-        env = jax_environ(env)
+    env = backend_environ(backend, SIMSIAM_BLOCK_TF="1")
     cmd = [
         sys.executable,
         "-m",

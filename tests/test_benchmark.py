@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, jax_environ
+from tests.helpers import ROOT, backend_environ
 
 
 def test_step_benchmark_prints_pairs_per_second_as_last_json_line():
@@ -131,8 +131,8 @@ def test_gpu_check_runs_on_cpu_without_tensorflow(tmp_path):
         "for name in ('tensorflow', 'tensorflow_datasets', 'keras_cv'):\n"
         "    sys.modules[name] = None  # not installed, as on the GPU image\n"
     )
-    # The runners set KERAS_BACKEND each; jax_environ adds the tests' XLA flags.
-    env = jax_environ(PYTHONPATH=str(tmp_path), PYTHON=sys.executable, WHEELS="")
+    # The runners set KERAS_BACKEND each; backend_environ adds the tests' XLA flags for JAX's.
+    env = backend_environ("jax", PYTHONPATH=str(tmp_path), PYTHON=sys.executable, WHEELS="")
     env.update(DEVICE="cpu", ARCH="resnet18_cifar", SIZE="16", WIDTH="0.125", BATCHES="4")
     env.update(STEPS="2", WARMUP="1", PEAK_MATMUL="128", ABLATIONS="0")
     script = os.path.join(ROOT, "benchmarks", "gpu_check.sh")

@@ -22,7 +22,7 @@ from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
 
 import simsiam_keras as sk  # noqa: E402
 from simsiam_keras import augment, export, linear  # noqa: E402
-from tests.helpers import ROOT, built_once, jax_environ  # noqa: E402
+from tests.helpers import ROOT, backend_environ, built_once  # noqa: E402
 
 SIZE = 16
 OTHER_SIZES = {"larger": (40, 24), "smaller": (8, 8)}  # not square, and an upscale
@@ -67,9 +67,7 @@ def _export_and_reference(out):
 
 
 def _in_subprocess(backend, out):
-    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=ROOT)
-    if backend == "jax":
-        env = jax_environ(env)
+    env = backend_environ(backend, PYTHONPATH=ROOT)
     env.pop("SIMSIAM_BLOCK_TF", None)
     cmd = [sys.executable, os.path.abspath(__file__), str(out)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)

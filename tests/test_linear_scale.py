@@ -20,7 +20,7 @@ import pytest
 import simsiam_keras as sk
 from tests.helpers import (
     ROOT,
-    jax_environ,
+    backend_environ,
     last_json,
     run_command,
     run_killed_mid_checkpoint,
@@ -56,12 +56,11 @@ def _run(pretrained, workdir, *args, backend="tensorflow", devices=1):
         return run_command(
             "linear_eval", f"--pretrained={pretrained}", f"--workdir={workdir}", *COMMON, *args
         )
-    env = user_environ(KERAS_BACKEND=backend)
     cmd = [sys.executable, SCRIPT]
     if backend == "tensorflow" and devices > 1:
         cmd = [sys.executable, os.path.join(ROOT, "tests", "logical_cpus.py"), str(devices), SCRIPT]
-    if backend == "jax":
-        env = jax_environ(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    jax_devices = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    env = backend_environ(backend, user_environ(), **(jax_devices if backend == "jax" else {}))
     cmd += [f"--pretrained={pretrained}", f"--workdir={workdir}", *COMMON, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
 
@@ -95,7 +94,9 @@ for workdir, strategy in ((one, "one_device"), (two, "mirrored")):
 def test_two_replicas_give_the_one_device_classifier(pretrained, tmp_path, backend):
     pytest.importorskip(backend)
     if backend == "jax":
-        env = jax_environ(user_environ(), XLA_FLAGS="--xla_force_host_platform_device_count=2")
+        env = backend_environ(
+            "jax", user_environ(), XLA_FLAGS="--xla_force_host_platform_device_count=2"
+        )
         cmd = [
             sys.executable,
             "-c",

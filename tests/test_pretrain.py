@@ -13,7 +13,7 @@ from simsiam_keras import checkpoint
 from tests.helpers import (
     ROOT,
     SMALL_PRETRAIN,
-    jax_environ,
+    backend_environ,
     last_json,
     run_command,
     run_killed_mid_checkpoint,
@@ -315,9 +315,8 @@ def test_every_backend_exports_and_writes_summaries(tmp_path, backend):
 
     pytest.importorskip(backend)
     work = tmp_path / backend
-    env = dict(os.environ, KERAS_BACKEND=backend)
-    if backend == "jax":
-        env = jax_environ(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"} if backend == "jax" else {}
+    env = backend_environ(backend, **devices)
     strategy = "mirrored" if backend == "jax" else "auto"
     cmd = [
         sys.executable,

@@ -23,7 +23,7 @@ from tests.helpers import (
     ROOT,
     SMALL_PRETRAIN,
     SignalOnLine,
-    jax_environ,
+    backend_environ,
     last_json,
     run_command,
     user_environ,
@@ -460,9 +460,7 @@ def test_every_keras_file_loads_after_import_simsiam_keras_in_a_new_process(
     # backbone, a LinearClassifier with LARS; before, `import simsiam_keras` registered none.
     pytest.importorskip(backend)
     paths, expected = keras_files
-    env = user_environ(KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    if backend == "jax":
-        env = jax_environ(env)
+    env = backend_environ(backend, user_environ(), TF_CPP_MIN_LOG_LEVEL="3")
     cmd = [sys.executable, "-c", _LOAD.format(imports=imports), *paths]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
