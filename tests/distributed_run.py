@@ -3,7 +3,9 @@
     python tests/distributed_run.py local INIT.npz OUT_DIR
         three runs in one process, each to OUT_DIR/<run>.npz:
         single    arrays, one device
-        mirrored  arrays, MirroredStrategy on 2 logical CPU devices (SyncBN)
+        mirrored  arrays, MirroredStrategy on 2 logical CPU devices (SyncBN); and
+                  OUT_DIR/sync_bn.json, what `synchronized_bn="auto"` resolves to under it
+                  (tests/test_sync_bn.py)
         pipeline  the real input pipeline (`pretrain.train_dataset`) on the embedded digits,
                   one device, with the kNN and collapse monitors
     python tests/distributed_run.py worker INIT.npz OUT.npz
@@ -13,6 +15,7 @@ One MirroredStrategy per process (docs/keras_notes.md, trap 3): the other runs o
 no strategy. Writes INIT.npz (initial weights) when it does not exist, else starts from it.
 """
 
+import json
 import os
 import sys
 
@@ -126,6 +129,10 @@ def run(run_name, strategy, init_path, out_path):
 if __name__ == "__main__":
     init_path, out = sys.argv[2:]
     if MODE == "local":
+        from tests.test_sync_bn import mirrored_report
+
+        with open(os.path.join(out, "sync_bn.json"), "w") as f:
+            json.dump(mirrored_report(MIRRORED), f)
         for name, strategy in (("single", None), ("mirrored", MIRRORED), ("pipeline", None)):
             run(name, strategy, init_path, os.path.join(out, f"{name}.npz"))
     else:

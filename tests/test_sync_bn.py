@@ -1,20 +1,18 @@
 """`synchronized_bn="auto"`: SyncBN exactly when built under a multi-replica tf.distribute strategy.
 
 The MirroredStrategy check needs 2 logical CPU devices, set before TensorFlow initialises its
-devices, and its own process (docs/keras_notes.md, trap 3): this file runs itself as
-    KERAS_BACKEND=tensorflow python tests/test_sync_bn.py
-which prints one JSON line.
+devices, and a process of its own (docs/keras_notes.md, trap 3): it runs in the one
+tests/test_distributed.py starts for its MirroredStrategy run (`mirrored_report`,
+`check_mirrored_report`), where a SyncBN model also trains and equals one device.
 """
 
 import json
 
 import keras
-import numpy as np
 import pytest
 
 import simsiam_keras as sk
 from simsiam_keras import heads
-from tests.helpers import logical_cpus, run_file_json
 
 SIZE = 16
 
@@ -69,9 +67,10 @@ def test_auto_is_false_under_a_one_replica_strategy():
     assert not any(any(v) for v in flags.values()), flags
 
 
-def test_auto_is_true_under_mirrored_strategy_on_two_devices():
-    pytest.importorskip("tensorflow")
-    report = run_file_json(__file__)
+def check_mirrored_report(report):
+    """The assertions on `mirrored_report`, which tests/distributed_run.py writes from the
+    process of tests/test_distributed.py that already holds a MirroredStrategy on 2 logical
+    CPU devices (a MirroredStrategy needs a process of its own: docs/keras_notes.md, trap 3)."""
     assert report["replicas"] == 2
     for key in ("auto", "reloaded", "explicit_false"):
         _check_counts(report[key])
@@ -80,33 +79,19 @@ def test_auto_is_true_under_mirrored_strategy_on_two_devices():
     # The stored bool, not "auto": rebuilt outside any strategy it is still SyncBN.
     assert all(all(v) for v in report["reloaded"].values()), report["reloaded"]
     assert not any(any(v) for v in report["explicit_false"].values()), report["explicit_false"]
-    assert np.isfinite(report["loss"])  # one SyncBN train step on 2 replicas
 
 
-def _mirrored_report():
-    import tensorflow as tf
-
-    strategy = tf.distribute.MirroredStrategy(logical_cpus(2))
-    keras.utils.set_random_seed(0)
+def mirrored_report(strategy):
+    """What `synchronized_bn` resolves to for models built under a 2-replica `strategy`."""
     with strategy.scope():
         auto = _tiny_simsiam()
         explicit_false = _tiny_simsiam(synchronized_bn=False)
-        auto.compile(optimizer=keras.optimizers.SGD(0.01))
     config = auto.get_config()
     reloaded = sk.SimSiam.from_config(json.loads(json.dumps(config)))
-    rng = np.random.default_rng(0)
-    x1, x2 = (rng.normal(size=(16, SIZE, SIZE, 3)).astype("float32") for _ in range(2))
-    dataset = tf.data.Dataset.from_tensor_slices(((x1, x2),)).batch(16)
-    history = auto.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0)
     return {
         "replicas": strategy.num_replicas_in_sync,
         "auto": _flags(auto),
         "auto_config": config["synchronized_bn"],
         "reloaded": _flags(reloaded),
         "explicit_false": _flags(explicit_false),
-        "loss": float(history.history["loss"][0]),
     }
-
-
-if __name__ == "__main__":
-    print(json.dumps(_mirrored_report()))
