@@ -9,6 +9,7 @@ logical CPU devices (`tests/logical_cpus.py`), JAX's DataParallel over 2 host de
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import simsiam_keras as sk
 from tests.helpers import (
     ROOT,
     backend_environ,
+    built_once,
     last_json,
     run_command,
     run_killed_mid_checkpoint,
@@ -49,6 +51,17 @@ def pretrained(tmp_path_factory):
     backbone = sk.build_resnet("resnet18_cifar", width=0.125, image_size=16)
     sk.SimSiam(backbone, dim=32, pred_dim=8, projector_layers=2).save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_device(pretrained, tmp_path_factory):
+    """The workdir of the uninterrupted one-device run of COMMON that several tests compare
+    with, run once for both test workers."""
+
+    def build(workdir):
+        last_json(_run(pretrained, workdir, "--strategy=one_device"))
+
+    return built_once(tmp_path_factory, "linear_one_device", build)
 
 
 def _run(pretrained, workdir, *args, backend="tensorflow", devices=1):
@@ -91,7 +104,7 @@ for workdir, strategy in ((one, "one_device"), (two, "mirrored")):
 
 @pytest.mark.long
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-def test_two_replicas_give_the_one_device_classifier(pretrained, tmp_path, backend):
+def test_two_replicas_give_the_one_device_classifier(pretrained, one_device, tmp_path, backend):
     pytest.importorskip(backend)
     if backend == "jax":
         env = backend_environ(
@@ -109,10 +122,9 @@ def test_two_replicas_give_the_one_device_classifier(pretrained, tmp_path, backe
         both = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
         assert both.returncode == 0, both.stderr[-4000:]
     else:
-        one = _run(pretrained, tmp_path / "one", "--strategy=one_device")
+        shutil.copytree(one_device, tmp_path / "one")
         two = _run(pretrained, tmp_path / "two", "--strategy=mirrored", devices=2)
-        for result in (one, two):
-            assert last_json(result)["protocol"] == "official"
+        assert last_json(two)["protocol"] == "official"
     saved = [json.load(open(tmp_path / w / "linear_eval.json")) for w in ("one", "two")]
     assert [s["replicas"] for s in saved] == [1, 2]
     assert all(s["backbone_unchanged"] and s["backend"] == backend for s in saved)
@@ -124,23 +136,19 @@ def test_two_replicas_give_the_one_device_classifier(pretrained, tmp_path, backe
     assert saved[0]["val_top1"] == pytest.approx(saved[1]["val_top1"], abs=1e-6)
 
 
-def test_mixed_precision_runs_the_backbone_in_bfloat16(pretrained, tmp_path):
-    full = _run(pretrained, tmp_path / "f32", "--strategy=one_device")
-    mixed = _run(pretrained, tmp_path / "bf16", "--mixed_precision=bfloat16")
-    for result in (full, mixed):
-        last_json(result)
+def test_mixed_precision_runs_the_backbone_in_bfloat16(pretrained, one_device, tmp_path):
+    last_json(_run(pretrained, tmp_path / "bf16", "--mixed_precision=bfloat16"))
     saved = json.load(open(tmp_path / "bf16" / "linear_eval.json"))
     assert saved["mixed_precision"] == "bfloat16" and saved["backbone_unchanged"]
     # bfloat16 features (8 bits of mantissa): close to float32's classifier, not equal.
-    for a, b in zip(_classifier(tmp_path / "f32"), _classifier(tmp_path / "bf16")):
+    for a, b in zip(_classifier(one_device), _classifier(tmp_path / "bf16")):
         scale = np.abs(a).max()
         assert 0 < np.abs(a - b).max() < 0.1 * scale
 
 
-def test_sigkill_then_rerun_gives_the_uninterrupted_classifier(pretrained, tmp_path):
-    straight = tmp_path / "straight"
-    expected = last_json(_run(pretrained, straight))
-    final = _classifier(straight)
+def test_sigkill_then_rerun_gives_the_uninterrupted_classifier(pretrained, one_device, tmp_path):
+    expected = json.load(open(one_device / "linear_eval.json"))
+    final = _classifier(one_device)
     work = tmp_path / "killed"
     latest = os.path.join(work, "linear_eval", "run-*", "checkpoints", "latest")
     killed = run_killed_mid_checkpoint(

@@ -24,6 +24,7 @@ from tests.helpers import (
     SMALL_PRETRAIN,
     SignalOnLine,
     backend_environ,
+    built_once,
     last_json,
     run_command,
     user_environ,
@@ -411,7 +412,14 @@ print(json.dumps([[type(m).__name__, type(getattr(m, "optimizer", None)).__name_
 
 @pytest.fixture(scope="module")
 def keras_files(tmp_path_factory):
-    """Every kind of `.keras` file the package writes, and what each must load as."""
+    """Every kind of `.keras` file the package writes, and what each must load as (built once
+    for both test workers)."""
+    directory = built_once(tmp_path_factory, "keras_files", _write_keras_files)
+    with open(directory / "expected.json") as f:
+        return json.load(f)
+
+
+def _write_keras_files(directory):
     import keras
 
     import simsiam_keras as sk
@@ -432,7 +440,6 @@ def keras_files(tmp_path_factory):
         "backbone": model.backbone,
         "classifier": classifier,
     }
-    directory = tmp_path_factory.mktemp("keras_files")
     paths, expected = [], []
     for name, saved in files.items():
         paths.append(str(directory / f"{name}.keras"))
@@ -441,7 +448,8 @@ def keras_files(tmp_path_factory):
         expected.append(
             [type(saved).__name__, type(getattr(saved, "optimizer", None)).__name__, total]
         )
-    return paths, expected
+    with open(directory / "expected.json", "w") as f:
+        json.dump([paths, expected], f)
 
 
 @pytest.mark.parametrize(
