@@ -58,6 +58,8 @@ def model_loss_and_grads(model, inputs, loss_fn):
             out, _ = model.stateless_call(values, non_trainable, inputs, training=True)
             return loss_fn(out), out
 
-        (loss, outputs), grads = jax.value_and_grad(f, has_aux=True)([v.value for v in variables])
+        # Compiled once as a whole: eagerly, JAX compiles each op of the ResNet on its own.
+        step = jax.jit(jax.value_and_grad(f, has_aux=True))
+        (loss, outputs), grads = step([v.value for v in variables])
     outputs = {k: to_numpy(v) for k, v in outputs.items()}
     return outputs, float(to_numpy(loss)), [np.asarray(to_numpy(g)) for g in grads]
