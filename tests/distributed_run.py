@@ -5,7 +5,8 @@
         single    arrays, one device
         mirrored  arrays, MirroredStrategy on 2 logical CPU devices (SyncBN); and
                   OUT_DIR/sync_bn.json, what `synchronized_bn="auto"` resolves to under it
-                  (tests/test_sync_bn.py)
+                  (tests/test_sync_bn.py), and OUT_DIR/knn_extraction.json, features
+                  extracted over its replicas (tests/test_knn.py)
         pipeline  the real input pipeline (`pretrain.train_dataset`) on the embedded digits,
                   one device, with the kNN and collapse monitors
     python tests/distributed_run.py worker INIT.npz OUT.npz
@@ -129,10 +130,12 @@ def run(run_name, strategy, init_path, out_path):
 if __name__ == "__main__":
     init_path, out = sys.argv[2:]
     if MODE == "local":
+        from tests.test_knn import mirrored_extraction
         from tests.test_sync_bn import mirrored_report
 
-        with open(os.path.join(out, "sync_bn.json"), "w") as f:
-            json.dump(mirrored_report(MIRRORED), f)
+        for name, report in (("sync_bn", mirrored_report), ("knn_extraction", mirrored_extraction)):
+            with open(os.path.join(out, f"{name}.json"), "w") as f:
+                json.dump(report(MIRRORED), f)
         for name, strategy in (("single", None), ("mirrored", MIRRORED), ("pipeline", None)):
             run(name, strategy, init_path, os.path.join(out, f"{name}.npz"))
     else:

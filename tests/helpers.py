@@ -176,7 +176,7 @@ def logical_cpus(count=2):
     """Splits TensorFlow's CPU into `count` logical devices; returns their names.
 
     Must run before TensorFlow initialises its devices: in a process of its own
-    (`run_file_json`, `tests/logical_cpus.py`).
+    (`tests/logical_cpus.py`, `tests/distributed_run.py`).
     """
     import tensorflow as tf
 
@@ -185,18 +185,6 @@ def logical_cpus(count=2):
         cpu, [tf.config.LogicalDeviceConfiguration()] * count
     )
     return [f"/cpu:{i}" for i in range(count)]
-
-
-def run_file_json(path, timeout=600):
-    """Runs test file `path` as a script under TensorFlow; returns the JSON object it printed last.
-
-    For checks that need a fresh process (logical devices are set before TensorFlow starts).
-    """
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", PYTHONPATH=ROOT)
-    cmd = [sys.executable, os.path.abspath(path)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def built_once(tmp_path_factory, name, build):

@@ -3,7 +3,8 @@
 MirroredStrategy on 2 logical CPU devices, and two MultiWorkerMirroredStrategy worker processes
 on localhost that each read their own shard, through tests/distributed_run.py: one process for
 the one-device and mirrored runs (one MirroredStrategy per process: docs/keras_notes.md, trap
-3), one per worker.
+3), one per worker. The checks of other files that need a MirroredStrategy run in that process
+too (tests/test_sync_bn.py, tests/test_knn.py).
 """
 
 import json
@@ -17,6 +18,7 @@ import pytest
 
 from simsiam_keras import checkpoint
 from tests.helpers import ROOT
+from tests.test_knn import check_mirrored_extraction
 from tests.test_sync_bn import check_mirrored_report
 
 SCRIPT = os.path.join(ROOT, "tests", "distributed_run.py")
@@ -98,8 +100,9 @@ def _start_workers(tmp_path, cluster, command):
 def test_mirrored_and_two_workers_equal_one_device(tmp_path):
     init = tmp_path / "init.npz"
     single_arrays, mirrored, single = _run_local(tmp_path, init)
-    # synchronized_bn="auto" under that MirroredStrategy (tests/test_sync_bn.py).
+    # synchronized_bn="auto" and kNN feature extraction under that MirroredStrategy.
     check_mirrored_report(json.load(open(tmp_path / "sync_bn.json")))
+    check_mirrored_extraction(json.load(open(tmp_path / "knn_extraction.json")))
     # The loss is scaled by 1/replicas (docs/keras_notes.md, trap 1) and BN statistics are
     # synchronised, so 3 steps on 2 x 8 images give the weights of 3 steps on 16.
     np.testing.assert_allclose(mirrored["loss"], single_arrays["loss"], atol=1e-5)

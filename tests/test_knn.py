@@ -5,7 +5,6 @@ Keras model (feature extraction, the BN recalibration) also run under JAX and Py
 """
 
 import dataclasses
-import json
 import os
 
 import keras
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 
 from simsiam_keras import config, knn
-from tests.helpers import logical_cpus, run_file_json
 
 
 def _normalize(x):
@@ -321,9 +319,10 @@ def test_backbone_knn_accuracy_with_the_memory_on_disk(tmp_path):
     assert os.listdir(tmp_path) == []  # removed on the error too
 
 
-def test_extract_features_splits_batches_over_mirrored_replicas():
-    pytest.importorskip("tensorflow")
-    report = run_file_json(__file__, timeout=300)
+def check_mirrored_extraction(report):
+    """The assertions on `mirrored_extraction`, which tests/distributed_run.py writes from the
+    MirroredStrategy process of tests/test_distributed.py (2 logical CPU devices: a process of
+    its own)."""
     assert report["replicas"] == 2
     # Batches of 4, 3 and 1 over 2 replicas: uneven splits and a replica without an image.
     for batch_size, (rows, error, labels_equal) in report["batches"].items():
@@ -331,11 +330,8 @@ def test_extract_features_splits_batches_over_mirrored_replicas():
         assert error < 1e-5, batch_size
 
 
-def _mirrored_extraction():
-    """Features of a backbone built under a 2-replica MirroredStrategy, vs a plain call."""
-    import tensorflow as tf
-
-    strategy = tf.distribute.MirroredStrategy(logical_cpus(2))
+def mirrored_extraction(strategy):
+    """Features of a backbone built under a 2-replica `strategy`, vs a plain call."""
     with strategy.scope():
         backbone = _tiny_backbone()
     rng = np.random.default_rng(13)
@@ -348,7 +344,3 @@ def _mirrored_extraction():
         error = float(np.abs(features - expected).max()) if features.shape == (11, 6) else 1.0
         batches[batch_size] = (len(features), error, bool(np.array_equal(out, labels)))
     return {"replicas": strategy.num_replicas_in_sync, "batches": batches}
-
-
-if __name__ == "__main__":  # the MirroredStrategy check, in its own process (see its test)
-    print(json.dumps(_mirrored_extraction()))
