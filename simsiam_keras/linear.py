@@ -13,13 +13,13 @@ import keras
 import numpy as np
 
 from simsiam_keras import knn, recipe, workarounds
-from simsiam_keras import model as _model  # noqa: F401 (registers SimSiam for load_model)
+from simsiam_keras import model as _model  # also registers SimSiam for load_model
 from simsiam_keras.lars import LARS
 from simsiam_keras.optim import SGD, SimSiamSchedule
 
 
 @keras.saving.register_keras_serializable(package="simsiam_keras")
-class LinearClassifier(workarounds.LocalSymbolicBuild, keras.Model):
+class LinearClassifier(_model.PipelineFit, workarounds.LocalSymbolicBuild, keras.Model):
     """A linear layer on a frozen backbone's pooled features.
 
     Args:

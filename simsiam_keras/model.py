@@ -29,8 +29,25 @@ def _unpack_views(data):
     )
 
 
+class PipelineFit:
+    """A `keras.Model` mixin: `fit` without a `shuffle` that a tf.data pipeline would ignore.
+
+    Keras warns on every `fit` of a `tf.data.Dataset` that its default `shuffle=True` is
+    ignored (a dataset is never reshuffled by `fit`); the package's training pipelines shuffle
+    themselves (`data.two_view_dataset`, `data.labeled_dataset(train=True)`), so for a dataset
+    the default here is False, which changes nothing but the warning. Arrays are shuffled as
+    Keras does.
+    """
+
+    def fit(self, x=None, *args, **kwargs):
+        shuffle_given = len(args) > 7 or "shuffle" in kwargs  # shuffle: fit's 9th parameter
+        if not shuffle_given and hasattr(x, "element_spec") and hasattr(x, "as_numpy_iterator"):
+            kwargs["shuffle"] = False
+        return super().fit(x, *args, **kwargs)
+
+
 @keras.saving.register_keras_serializable(package="simsiam_keras")
-class SimSiam(workarounds.SkipSymbolicBuild, keras.Model):
+class SimSiam(PipelineFit, workarounds.SkipSymbolicBuild, keras.Model):
     """SimSiam: encoder f = projector(backbone(x)), predictor h, stop-gradient on the target.
 
     The encoder runs on x1 and on x2 separately, as the official code does, so BatchNorm
@@ -103,18 +120,6 @@ class SimSiam(workarounds.SkipSymbolicBuild, keras.Model):
         # All variables exist now; `fit` must not try a symbolic build on the two-view input
         # (docs/keras_notes.md, trap 15).
         self.built = True
-
-    def fit(self, x=None, *args, **kwargs):
-        """`keras.Model.fit`, without a `shuffle` that a tf.data pipeline would ignore.
-
-        Keras warns on every `fit` of a `tf.data.Dataset` that its default `shuffle=True` is
-        ignored; the two-view pipelines shuffle themselves (`data.two_view_dataset`), so for a
-        dataset the default here is False. Arrays are shuffled as Keras does.
-        """
-        shuffle_given = len(args) > 7 or "shuffle" in kwargs  # shuffle: fit's 9th parameter
-        if not shuffle_given and hasattr(x, "element_spec") and hasattr(x, "as_numpy_iterator"):
-            kwargs["shuffle"] = False
-        return super().fit(x, *args, **kwargs)
 
     def call(self, inputs, training=False):
         """Runs both branches.

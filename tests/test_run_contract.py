@@ -508,23 +508,35 @@ def test_feature_extraction_of_a_folder_shows_a_total(tmp_path, capsys):
     assert "features  3/3 (100%)" in capsys.readouterr().out
 
 
-def test_simsiam_fit_on_a_pipeline_does_not_warn_about_shuffle():
+def test_fit_on_a_pipeline_does_not_warn_about_shuffle():
+    # SimSiam on its two-view pipeline, LinearClassifier on a labelled one: Keras's warning
+    # that `shuffle=True` is ignored for a tf.data dataset is not printed.
     import warnings
 
     import keras
 
     import simsiam_keras as sk
-    from simsiam_keras import data, sources
+    from simsiam_keras import data, linear, sources
     from tests.helpers import tiny_simsiam
 
+    digits = sources.embedded_digits("test", 16)
     model = tiny_simsiam()
     model.compile(optimizer=sk.simsiam_optimizer(0.05, 16, 1, 1))
-    views = data.two_view_dataset(sources.embedded_digits("test", 16), 16, 16, repeat=True)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model.fit(views, epochs=1, steps_per_epoch=1, verbose=0)
-    assert not [w for w in caught if "shuffle" in str(w.message)]
-    assert keras.ops.convert_to_numpy(model.optimizer.iterations) == 1
+    classifier = sk.LinearClassifier(tiny_simsiam().backbone, 10)
+    classifier.compile(
+        optimizer=linear.linear_optimizer("sgd", 16, 1, 1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    fits = [
+        (model, data.two_view_dataset(digits, 16, 16, repeat=True)),
+        (classifier, data.labeled_dataset(digits, 16, 16, train=True).repeat()),
+    ]
+    for fitted, dataset in fits:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fitted.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0)
+        assert not [w for w in caught if "shuffle" in str(w.message)], type(fitted)
+        assert keras.ops.convert_to_numpy(fitted.optimizer.iterations) == 1
 
 
 def test_one_name_and_one_default_for_the_knn_k():
